@@ -1,0 +1,35 @@
+.DEFAULT_GOAL := help
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install test lint format latency clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install ablate with dev extras (no-op when up to date)
+
+test: install  ## run the test suite
+	$(BIN)/python -m pytest
+
+lint: install  ## ruff check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install  ## ruff fix + format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+latency: install  ## per-module CPU forward latency at C=128, 80x80
+	$(BIN)/python -m ablate.module_latency
+
+clean:  ## remove generated results (keeps .venv)
+	rm -rf results/* .pytest_cache

@@ -1,0 +1,147 @@
+"""From a composed Hydra config to a validated, resolved experiment (no training, no dataset work)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import modules
+
+from .compose import Placement
+from .errors import AblateError
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("train", "profile", "inspect")
+# train settings that choose where/how fast a run executes, not what it computes: not part of the run key
+EXECUTION_KEYS = ("device", "workers")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything that defines one run, resolved and checked."""
+
+    action: str
+    model: str
+    family: str
+    placement: Placement | None
+    pos: str
+    dataset: dict[str, Any]
+    seed: int
+    train: dict[str, Any]
+    results_dir: Path
+    data_dir: Path
+    weights: str | None = None
+    force: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def attn(self) -> str:
+        return self.placement.attn if self.placement else "none"
+
+    def spec(self) -> dict[str, Any]:
+        """The settings that define the experiment; its hash is the run key."""
+        p = self.placement
+        return {
+            "action": "train" if self.action == "inspect" else self.action,
+            "model": self.model,
+            "weights": self.weights,
+            "attn": self.attn,
+            "attn_params": dict(p.attn_kwargs) if p else {},
+            "gamma": p.gamma if p and p.mode == "after" else None,
+            "layers": list(p.layers) if p else [],
+            "mode": p.mode if p else "none",
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "train": {k: v for k, v in self.train.items() if k not in EXECUTION_KEYS},
+        }
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _choice(value: Any, name: str, valid: list[str] | tuple[str, ...]) -> str:
+    if value not in valid:
+        raise AblateError(f"{name}={value!r} is not valid; valid: {', '.join(map(str, valid))}")
+    return value
+
+
+def resolve_placement(cfg: DictConfig) -> tuple[Placement | None, str]:
+    """The placement the config asks for, and the name of its position (preset name or ``custom``)."""
+    attn_cfg, pos_cfg = cfg.get("attn"), cfg.get("pos")
+    if attn_cfg is None:
+        if pos_cfg is not None:
+            raise AblateError("pos is set but attn is not; add +attn=NAME (valid: " + ", ".join(modules.available()) + ")")
+        return None, "none"
+    attn = str(attn_cfg.get("name"))
+    if attn not in modules.available():
+        raise AblateError(f"attn={attn!r} is not valid; valid: {', '.join(modules.available())}")
+    presets = _container(cfg.model.get("presets")) or {}
+    layers, mode = None, None
+    if pos_cfg is None:
+        name = str(attn_cfg.get("default_pos", "neck"))
+        log.info("attn=%s: using its default placement pos=%s", attn, name)
+    else:
+        name = str(pos_cfg.get("name", "custom"))
+        layers, mode = pos_cfg.get("layers"), pos_cfg.get("mode")
+    if layers is None:
+        if name not in presets:
+            valid = [*presets, "custom (+pos.layers=[...])"]
+            raise AblateError(f"pos={name!r} is not defined for {cfg.model.name}; valid: {', '.join(valid)}")
+        layers, mode = presets[name]["layers"], mode or presets[name]["mode"]
+    else:
+        name = name if pos_cfg.get("name") else "custom"
+    layers = _container(layers)
+    if isinstance(layers, int):
+        layers = [layers]
+    mode = _choice(mode or "after", "pos.mode", ("after", "replace"))
+    # null-valued hyperparameters mean "the module's default" (or, in replace mode, the host block's)
+    params = {k: v for k, v in (_container(attn_cfg.get("params")) or {}).items() if v is not None}
+    gamma = attn_cfg.get("gamma", modules.residual.DEFAULT_GAMMA)
+    return Placement(attn, tuple(layers), mode, params, gamma), name
+
+
+def resolve_dataset(cfg: DictConfig) -> dict[str, Any]:
+    """The dataset part of the experiment: an embedded generator's settings or a data YAML path."""
+    d = _container(cfg.dataset) or {}
+    path = d.get("path")
+    if path:
+        return {"name": d.get("name") or Path(str(path)).stem, "path": str(path)}
+    return d
+
+
+def check_train(train: dict[str, Any]) -> None:
+    for key in ("epochs", "imgsz", "batch"):
+        value = train.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise AblateError(f"train.{key}={value!r} is not valid; it must be a positive integer")
+
+
+def experiment_from_config(cfg: DictConfig) -> Experiment:
+    """Validate ``cfg`` and resolve it into an :class:`Experiment` (raises AblateError on bad input)."""
+    action = _choice(cfg.get("action", "train"), "action", ACTIONS)
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise AblateError(f"seed={seed!r} is not valid; it must be a non-negative integer")
+    train = _container(cfg.train) or {}
+    check_train(train)
+    placement, pos = resolve_placement(cfg)
+    return Experiment(
+        action=action,
+        model=str(cfg.model.name),
+        family=str(cfg.model.get("family", "")),
+        placement=placement,
+        pos=pos,
+        dataset=resolve_dataset(cfg),
+        seed=int(seed),
+        train=train,
+        results_dir=Path(str(cfg.results.dir)).expanduser().resolve(),
+        data_dir=Path(str(cfg.data.dir)).expanduser().resolve(),
+        weights=cfg.model.get("weights"),
+        force=bool(cfg.get("force", False)),
+    )

@@ -1,0 +1,130 @@
+"""Result storage: the run key, the per-run directory, and ``record.json`` written atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RECORD = "record.json"
+RUNS = "runs"
+
+
+@dataclass
+class RunRecord:
+    """One run's tidy result row. ``status`` is ``ok`` or ``failed`` (then ``error`` says why)."""
+
+    key: str
+    status: str = "failed"
+    error: str | None = None
+    action: str = "train"
+    model: str = ""
+    scale: str = ""
+    attn: str = "none"
+    attn_params: dict[str, Any] = field(default_factory=dict)
+    pos: str = "none"
+    layers: list[int] = field(default_factory=list)
+    mode: str = "none"
+    dataset: str = ""
+    seed: int = 0
+    epochs: int = 0
+    imgsz: int = 0
+    batch: int = 0
+    train: str = ""
+    params: int | None = None
+    map50: float | None = None
+    map50_95: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    train_seconds: float | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    git_sha: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def run_key(spec: dict[str, Any]) -> str:
+    """Stable short hash of the settings that define an experiment (JSON with sorted keys)."""
+    text = json.dumps(spec, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_dir(results_dir: Path, key: str) -> Path:
+    return Path(results_dir) / RUNS / key
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
+    """Write JSON to a temp file in the same directory, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_record(directory: Path, record: RunRecord) -> Path:
+    return write_json_atomic(Path(directory) / RECORD, record.to_dict())
+
+
+def read_record(directory: Path) -> RunRecord | None:
+    """The record in ``directory``, or None when absent or unreadable."""
+    try:
+        return RunRecord.from_dict(json.loads((Path(directory) / RECORD).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "ultralytics", "ablate", "hydra-core"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def git_sha(repo: Path | None = None) -> str | None:
+    """The commit of the ablate checkout (``+dirty`` when it has uncommitted changes), if any."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo, capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")

@@ -1,0 +1,44 @@
+"""Make our module classes resolvable by name in ultralytics' model-YAML parser.
+
+``ultralytics.nn.tasks.parse_model`` resolves a YAML module name through ``globals()`` of
+``ultralytics.nn.tasks``. Setting attributes on that module is enough; no ultralytics file is edited.
+Because this runs on ``import modules``, any process that imports ``modules`` (a DDP child, a
+checkpoint loader) can parse a YAML that names our classes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from .hosts import HOSTS
+from .registry import registered_classes
+from .residual import AttentionResidual
+
+log = logging.getLogger(__name__)
+
+
+def yaml_classes() -> dict[str, type[nn.Module]]:
+    """Class name -> class for every class a model YAML may name."""
+    classes = {cls.__name__: cls for cls in registered_classes().values()}
+    classes[AttentionResidual.__name__] = AttentionResidual
+    classes.update(HOSTS)
+    return classes
+
+
+def register_with_ultralytics() -> list[str]:
+    """Expose :func:`yaml_classes` in ``ultralytics.nn.tasks``; returns the names made resolvable."""
+    import ultralytics.nn.tasks as tasks
+
+    names = []
+    for name, cls in yaml_classes().items():
+        existing = getattr(tasks, name, None)
+        if existing is not None and existing is not cls and existing.__module__ != cls.__module__:
+            raise RuntimeError(
+                f"cannot register {name!r} with ultralytics: the name is already used by {existing!r}"
+            )
+        setattr(tasks, name, cls)
+        names.append(name)
+    log.debug("registered with ultralytics.nn.tasks: %s", names)
+    return names

@@ -1,0 +1,82 @@
+"""`python -m ablate`: bad input gives one line, exit 2, no traceback, nothing written; inspect works."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def ablate(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    cmd = [sys.executable, "-m", "ablate", *args, f"results.dir={tmp_path / 'results'}", f"data.dir={tmp_path / 'data'}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+
+
+def bad_dataset_yamls(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    no_names = tmp_path / "no_names.yaml"
+    no_names.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "imgs", "val": "imgs"}))
+    no_split = tmp_path / "no_split.yaml"
+    no_split.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "imgs", "val": "missing", "names": ["a"]}))
+    return {"no_names": no_names, "no_split": no_split}
+
+
+CASES = {
+    "unknown attn": (["+attn=nope"], r"attn='nope' is not valid; valid: area, fla, halo, mhsa, rala, tssa"),
+    "unknown pos": (["+attn=rala", "+pos=middle"], r"pos='middle' is not valid; valid: a2c2f, backbone"),
+    "unknown model": (["model=yolo99"], r"model='yolo99' is not valid; valid: yolo11l"),
+    "unknown dataset": (["dataset=imagenet"], r"dataset='imagenet' is not valid; valid: VOC"),
+    "preset not in family": (["model=yolov8n", "+attn=rala", "+pos=a2c2f"], r"pos='a2c2f' is not defined for yolov8n"),
+    "index names Detect": (["+attn=rala", "+pos.layers=[21]"], r"layer index 21 is the Detect head of yolo12n"),
+    "index out of range": (["+attn=rala", "+pos.layers=[40]"], r"layer index 40 is out of range"),
+    "negative index": (["+attn=rala", "+pos.layers=[-2]"], r"layer index -2 is out of range"),
+    "replace without attention": (
+        ["+attn=rala", "+pos=custom", "pos.layers=[14]", "pos.mode=replace"],
+        r"layer 14 of yolo12n \(A2C2f\) holds no attention; layers with attention: 6, 8",
+    ),
+    "heads do not divide": (["+attn=rala", "attn.params.num_heads=3"], r"num_heads=3 does not divide channels=64"),
+    "bad hyperparameter": (["+attn=halo", "attn.params.block_size=0"], r"block_size"),
+    "missing dataset file": (["dataset.path=/no/such/data.yaml"], r"/no/such/data.yaml"),
+    "dataset without names": (["dataset.path={no_names}"], r"names"),
+    "dataset split missing": (["dataset.path={no_split}"], r"missing"),
+    "image size zero": (["train.imgsz=0"], r"train.imgsz=0 is not valid"),
+    "bad action": (["action=fly"], r"action='fly' is not valid; valid: train, profile, inspect"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_nothing_written(case: str, tmp_path: Path) -> None:
+    args, pattern = CASES[case]
+    paths = bad_dataset_yamls(tmp_path)
+    args = [a.format(**paths) for a in args]
+    out = ablate(args, tmp_path)
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, out.stderr[-2000:]
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not (tmp_path / "results" / "runs").exists() or not any((tmp_path / "results" / "runs").iterdir())
+
+
+def test_inspect_prints_marked_layer_table_and_trains_nothing(tmp_path: Path) -> None:
+    out = ablate(["action=inspect", "+attn=rala", "+pos=neck"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = [line for line in out.stdout.splitlines() if "inserted" in line]
+    assert len(table) == 3 and all("AttentionResidual" in line for line in table)
+    assert "idx" in out.stdout and "stride" in out.stdout
+    assert not (tmp_path / "results" / "runs").exists()
+    assert not (tmp_path / "data").exists(), "inspect must not generate data"
+
+
+def test_attn_alone_uses_its_default_placement(tmp_path: Path) -> None:
+    out = ablate(["action=inspect", "+attn=mhsa"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pos=p5" in out.stdout
+    assert sum("inserted" in line for line in out.stdout.splitlines()) == 1
