@@ -39,7 +39,9 @@ def check_group_overrides(argv: list[str]) -> None:
         valid = group_options(m.group("group"))
         for value in m.group("value").split(","):
             if value.strip() not in valid:
-                raise AblateError(f"{m.group('group')}={value.strip()!r} is not valid; valid: {', '.join(valid)}")
+                raise AblateError(
+                    f"{m.group('group')}={value.strip()!r} is not valid; valid: {', '.join(valid)}"
+                )
 
 
 def fail(message: str) -> None:

@@ -140,9 +140,7 @@ def check_layers(d: dict[str, Any], layers: tuple[int, ...], model: str) -> None
         if i < 0 or i > last:
             raise AblateError(f"layer index {i} is out of range for {model}; valid: 0..{last - 1}")
         if i == last:
-            raise AblateError(
-                f"layer index {i} is the {rows(d)[i][2]} head of {model}; valid: 0..{last - 1}"
-            )
+            raise AblateError(f"layer index {i} is the {rows(d)[i][2]} head of {model}; valid: 0..{last - 1}")
 
 
 def attention_layers(d: dict[str, Any], model: nn.Module | None = None) -> list[int]:

@@ -76,7 +76,9 @@ def resolve_placement(cfg: DictConfig) -> tuple[Placement | None, str]:
     attn_cfg, pos_cfg = cfg.get("attn"), cfg.get("pos")
     if attn_cfg is None:
         if pos_cfg is not None:
-            raise AblateError("pos is set but attn is not; add +attn=NAME (valid: " + ", ".join(modules.available()) + ")")
+            raise AblateError(
+                "pos is set but attn is not; add +attn=NAME (valid: " + ", ".join(modules.available()) + ")"
+            )
         return None, "none"
     attn = str(attn_cfg.get("name"))
     if attn not in modules.available():

@@ -17,9 +17,7 @@ import torch
 import modules
 
 
-def time_forward(
-    module: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int
-) -> list[float]:
+def time_forward(module: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> list[float]:
     """Wall-clock milliseconds of ``repeats`` forward passes after ``warmup`` untimed ones."""
     times = []
     with torch.inference_mode():
@@ -38,7 +36,9 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--channels", type=int, default=128)
     parser.add_argument("--size", type=int, nargs=2, default=(80, 80), metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=1)

@@ -12,8 +12,16 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from . import datasets
-from .compose import base_model_yaml, build_model, compose, count_params, format_table, layer_table, marks
-from .compose import write_yaml
+from .compose import (
+    base_model_yaml,
+    build_model,
+    compose,
+    count_params,
+    format_table,
+    layer_table,
+    marks,
+    write_yaml,
+)
 from .errors import AblateError
 from .experiment import Experiment
 from .records import RunRecord, git_sha, now, read_record, run_dir, run_key, versions, write_record
@@ -116,7 +124,9 @@ def execute(exp: Experiment, cfg: DictConfig | None = None) -> RunRecord | None:
 
     record = base_record(exp, key, model, d)
     directory.mkdir(parents=True, exist_ok=True)
-    write_yaml(d, directory / MODEL_YAML, header=f"ablate {exp.model} + attn={exp.attn} pos={exp.pos} key={key}")
+    write_yaml(
+        d, directory / MODEL_YAML, header=f"ablate {exp.model} + attn={exp.attn} pos={exp.pos} key={key}"
+    )
     if cfg is not None:
         (directory / CONFIG_YAML).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     else:
@@ -129,7 +139,12 @@ def execute(exp: Experiment, cfg: DictConfig | None = None) -> RunRecord | None:
             from .train import train_and_validate
 
             result = train_and_validate(
-                directory / MODEL_YAML, data_yaml, exp.train, exp.seed, directory / ULTRALYTICS_DIR, exp.weights
+                directory / MODEL_YAML,
+                data_yaml,
+                exp.train,
+                exp.seed,
+                directory / ULTRALYTICS_DIR,
+                exp.weights,
             )
             for k in ("map50", "map50_95", "precision", "recall", "train_seconds"):
                 setattr(record, k, result[k])

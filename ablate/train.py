@@ -63,11 +63,17 @@ def train_args(train: dict[str, Any], seed: int, project: Path) -> dict[str, Any
 
 
 def train_and_validate(
-    model_yaml: Path, data_yaml: str, train: dict[str, Any], seed: int, project: Path, weights: str | None = None
+    model_yaml: Path,
+    data_yaml: str,
+    train: dict[str, Any],
+    seed: int,
+    project: Path,
+    weights: str | None = None,
 ) -> dict[str, Any]:
     """Train ``model_yaml`` on ``data_yaml`` with ultralytics; return final validation metrics and time."""
-    import modules  # noqa: F401  (module classes must resolve when ultralytics parses the YAML)
     from ultralytics import YOLO
+
+    import modules  # noqa: F401  (module classes must resolve when ultralytics parses the YAML)
 
     offline_safe()
     model = YOLO(str(model_yaml), task="detect")

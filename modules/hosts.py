@@ -15,7 +15,7 @@ import inspect
 from typing import Any
 
 from torch import nn
-from ultralytics.nn.modules.block import A2C2f, ABlock, C2PSA, PSABlock
+from ultralytics.nn.modules.block import C2PSA, A2C2f, ABlock, PSABlock
 
 from .registry import build, get
 
@@ -87,7 +87,17 @@ class A2C2fSwap(A2C2f):
         hidden = first.mlp[0].conv.out_channels
         mlp_ratio = next((r for r in (1.2, 2.0) if int(c_ * r) == hidden), (hidden + 0.5) / c_)
         residual = layer.gamma is not None
-        return [c1, c2, len(layer.m), True, first.attn.area, residual, mlp_ratio, attn, dict(attn_kwargs or {})]
+        return [
+            c1,
+            c2,
+            len(layer.m),
+            True,
+            first.attn.area,
+            residual,
+            mlp_ratio,
+            attn,
+            dict(attn_kwargs or {}),
+        ]
 
 
 class C2PSASwap(C2PSA):

@@ -25,5 +25,7 @@ def config(overrides: list[str], results: Path, data: Path) -> DictConfig:
     """The composed config for ``overrides`` with results/data under the given directories."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(
-            "config", overrides=[*overrides, f"results.dir={results}", f"data.dir={data}"], return_hydra_config=False
+            "config",
+            overrides=[*overrides, f"results.dir={results}", f"data.dir={data}"],
+            return_hydra_config=False,
         )

@@ -13,7 +13,14 @@ import yaml
 
 def ablate(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    cmd = [sys.executable, "-m", "ablate", *args, f"results.dir={tmp_path / 'results'}", f"data.dir={tmp_path / 'data'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ablate",
+        *args,
+        f"results.dir={tmp_path / 'results'}",
+        f"data.dir={tmp_path / 'data'}",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
 
 
@@ -22,7 +29,9 @@ def bad_dataset_yamls(tmp_path: Path) -> dict[str, Path]:
     no_names = tmp_path / "no_names.yaml"
     no_names.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "imgs", "val": "imgs"}))
     no_split = tmp_path / "no_split.yaml"
-    no_split.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "imgs", "val": "missing", "names": ["a"]}))
+    no_split.write_text(
+        yaml.safe_dump({"path": str(tmp_path), "train": "imgs", "val": "missing", "names": ["a"]})
+    )
     return {"no_names": no_names, "no_split": no_split}
 
 
@@ -31,15 +40,24 @@ CASES = {
     "unknown pos": (["+attn=rala", "+pos=middle"], r"pos='middle' is not valid; valid: a2c2f, backbone"),
     "unknown model": (["model=yolo99"], r"model='yolo99' is not valid; valid: yolo11l"),
     "unknown dataset": (["dataset=imagenet"], r"dataset='imagenet' is not valid; valid: VOC"),
-    "preset not in family": (["model=yolov8n", "+attn=rala", "+pos=a2c2f"], r"pos='a2c2f' is not defined for yolov8n"),
-    "index names Detect": (["+attn=rala", "+pos.layers=[21]"], r"layer index 21 is the Detect head of yolo12n"),
+    "preset not in family": (
+        ["model=yolov8n", "+attn=rala", "+pos=a2c2f"],
+        r"pos='a2c2f' is not defined for yolov8n",
+    ),
+    "index names Detect": (
+        ["+attn=rala", "+pos.layers=[21]"],
+        r"layer index 21 is the Detect head of yolo12n",
+    ),
     "index out of range": (["+attn=rala", "+pos.layers=[40]"], r"layer index 40 is out of range"),
     "negative index": (["+attn=rala", "+pos.layers=[-2]"], r"layer index -2 is out of range"),
     "replace without attention": (
         ["+attn=rala", "+pos=custom", "pos.layers=[14]", "pos.mode=replace"],
         r"layer 14 of yolo12n \(A2C2f\) holds no attention; layers with attention: 6, 8",
     ),
-    "heads do not divide": (["+attn=rala", "attn.params.num_heads=3"], r"num_heads=3 does not divide channels=64"),
+    "heads do not divide": (
+        ["+attn=rala", "attn.params.num_heads=3"],
+        r"num_heads=3 does not divide channels=64",
+    ),
     "bad hyperparameter": (["+attn=halo", "attn.params.block_size=0"], r"block_size"),
     "missing dataset file": (["dataset.path=/no/such/data.yaml"], r"/no/such/data.yaml"),
     "dataset without names": (["dataset.path={no_names}"], r"names"),

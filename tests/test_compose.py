@@ -62,7 +62,11 @@ def test_every_module_at_every_preset(base: tuple, attn: str, preset: str) -> No
         for i in placement.layers:
             for block in base_model.model[i].modules():
                 if type(block).__name__ == "ABlock":
-                    dim, heads, area = block.attn.num_heads * block.attn.head_dim, block.attn.num_heads, block.attn.area
+                    dim, heads, area = (
+                        block.attn.num_heads * block.attn.head_dim,
+                        block.attn.num_heads,
+                        block.attn.area,
+                    )
                     kwargs = {"num_heads": heads, **({"area": area} if attn == "area" else {})}
                     added += own_params(modules.build(attn, dim, **kwargs)) - own_params(block.attn)
     assert count_params(model) == count_params(base_model) + added
@@ -85,7 +89,11 @@ def test_replacing_area_attention_by_area_gives_the_baseline_exactly() -> None:
 
 def test_channels_follow_the_scale() -> None:
     """Inserted rows carry the real channel count of their layer at each scale."""
-    for name, expected in (("yolo12n", [64, 128, 256]), ("yolo12s", [128, 256, 512]), ("yolo12m", [256, 512, 512])):
+    for name, expected in (
+        ("yolo12n", [64, 128, 256]),
+        ("yolo12s", [128, 256, 512]),
+        ("yolo12m", [256, 512, 512]),
+    ):
         composed = compose(base_model_yaml(name, NC), Placement("mhsa", (14, 17, 20)), name)
         assert [r[3][0] for r in rows(composed) if r[2] == "AttentionResidual"] == expected
 
@@ -148,10 +156,16 @@ def test_compose_does_not_modify_its_input() -> None:
         (Placement("rala", (21,)), r"layer index 21 is the Detect head of yolo12n; valid: 0\.\.20"),
         (Placement("rala", (30,)), r"layer index 30 is out of range for yolo12n; valid: 0\.\.20"),
         (Placement("rala", (-1,)), r"layer index -1 is out of range"),
-        (Placement("rala", (11,), "replace"), r"layer 11 of yolo12n \(A2C2f\) holds no attention; layers with attention: 6, 8"),
+        (
+            Placement("rala", (11,), "replace"),
+            r"layer 11 of yolo12n \(A2C2f\) holds no attention; layers with attention: 6, 8",
+        ),
         (Placement("rala", (14,), "sideways"), r"pos.mode='sideways' is not valid; valid: after, replace"),
         (Placement("rala", ()), r"pos.layers is empty"),
-        (Placement("nope", (14,)), r"unknown attention module 'nope'; available: area, fla, halo, mhsa, rala, tssa"),
+        (
+            Placement("nope", (14,)),
+            r"unknown attention module 'nope'; available: area, fla, halo, mhsa, rala, tssa",
+        ),
         (Placement("rala", (14,), attn_kwargs={"num_heads": 3}), r"num_heads=3 does not divide channels=64"),
         (Placement("halo", (14,), attn_kwargs={"block_size": 0}), r"block_size"),
     ],

@@ -18,9 +18,31 @@ from ablate.run import CONFIG_YAML, MODEL_YAML, ULTRALYTICS_DIR, execute
 from .helpers import TINY, config
 
 REQUIRED = [
-    "key", "status", "error", "model", "scale", "attn", "attn_params", "pos", "layers", "mode", "dataset",
-    "seed", "epochs", "imgsz", "batch", "params", "map50", "map50_95", "precision", "recall",
-    "train_seconds", "versions", "git_sha", "started_at", "finished_at",
+    "key",
+    "status",
+    "error",
+    "model",
+    "scale",
+    "attn",
+    "attn_params",
+    "pos",
+    "layers",
+    "mode",
+    "dataset",
+    "seed",
+    "epochs",
+    "imgsz",
+    "batch",
+    "params",
+    "map50",
+    "map50_95",
+    "precision",
+    "recall",
+    "train_seconds",
+    "versions",
+    "git_sha",
+    "started_at",
+    "finished_at",
 ]
 
 
@@ -66,7 +88,11 @@ def test_run_leaves_a_complete_record(runs: dict, kind: str) -> None:
     assert (run_dir / MODEL_YAML).is_file() and (run_dir / CONFIG_YAML).is_file()
     assert (run_dir / ULTRALYTICS_DIR / "weights" / "best.pt").is_file()
     assert (run_dir / ULTRALYTICS_DIR / "results.csv").is_file()
-    expected = {"baseline": ("none", "none", []), "inserted": ("rala", "after", [20]), "replaced": ("tssa", "replace", [6, 8])}
+    expected = {
+        "baseline": ("none", "none", []),
+        "inserted": ("rala", "after", [20]),
+        "replaced": ("tssa", "replace", [6, 8]),
+    }
     assert (data["attn"], data["mode"], data["layers"]) == expected[kind]
 
 
@@ -86,6 +112,7 @@ def test_finished_run_is_cached(runs: dict, dirs: tuple[Path, Path]) -> None:
 def test_fresh_process_rebuilds_yaml_and_loads_checkpoint(runs: dict, kind: str) -> None:
     """A new interpreter that never ran ablate's composition: `import modules` is all it needs."""
     record, run_dir = runs[kind]
+    probe = record.layers[0] + (1 if kind == "inserted" else 0)  # the inserted layer follows its base index
     script = textwrap.dedent(
         f"""
         import numpy as np
@@ -95,17 +122,21 @@ def test_fresh_process_rebuilds_yaml_and_loads_checkpoint(runs: dict, kind: str)
         print("params", sum(p.numel() for p in m.model.parameters()))
         best = YOLO({str(run_dir / ULTRALYTICS_DIR / "weights" / "best.pt")!r})
         res = best.predict(np.zeros((96, 96, 3), dtype=np.uint8), imgsz=96, verbose=False)
-        print("predicted", len(res), type(best.model.model[{record.layers[0] + (1 if kind == "inserted" else 0)}]).__name__)
+        print("predicted", len(res), type(best.model.model[{probe}]).__name__)
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("params", "predicted")))
+    lines = dict(
+        line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("params", "predicted"))
+    )
     assert int(lines["params"]) == record.params
     assert lines["predicted"] == ("1 AttentionResidual" if kind == "inserted" else "1 A2C2fSwap")
 
 
-def test_same_seed_reproduces_and_other_seed_differs(runs: dict, tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+def test_same_seed_reproduces_and_other_seed_differs(
+    runs: dict, tmp_path: Path, dirs: tuple[Path, Path]
+) -> None:
     _, base_dir = runs["baseline"]
     data = dirs[1]
     cfg = config([*TINY], tmp_path / "again", data)
