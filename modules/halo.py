@@ -58,10 +58,13 @@ class HaloAttention(nn.Module):
     come from 1×1 projections; the position term is not scaled (timm's default).
 
     Any H×W works: blocks are padded at the bottom/right to a multiple of ``b``, and every key that is
-    not a pixel of the map (the padding and the halo beyond the border) is masked out of the softmax
-    (timm does not mask the zero-padded halo). Every window holds at least one real pixel, so no row of
-    the softmax is empty. Under float16 the logits and softmax are computed in float32 (fp16 logits
-    overflow at 65504); bfloat16 and float32 run in their own dtype.
+    not a pixel of the map (that padding and the halo beyond the border) is masked out of the softmax
+    (timm does not mask its zero-padded halo); padded slots are filled by gathering the nearest pixel,
+    which the mask then removes, so no padded copy of the map is made. Every window holds at least
+    one real pixel, so no row of the softmax is empty. In float16 / bfloat16 (autocast or a half
+    model) the logits, softmax and weighted sum run in float32: fp16 logits overflow at 65504, and
+    bf16 logits lose the precision that the softmax of large logits needs; the projections stay in
+    the low precision.
 
     Cost: O(N·C²) for the projections plus O(N·win²·C) for the attention (linear in N = H·W for fixed
     b, h); the logits take N·win²·heads memory and the gathered k/v windows ≈ (win/b)²·2·N·C.
@@ -100,7 +103,7 @@ class HaloAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.q = nn.Linear(channels, channels, bias=qkv_bias)
         self.kv = nn.Linear(channels, 2 * channels, bias=qkv_bias)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.proj = nn.Linear(channels, channels)
         rel_size = 2 * (block_size + halo_size) - 1
         self.rel_h = nn.Parameter(torch.empty(rel_size, self.head_dim))
         self.rel_w = nn.Parameter(torch.empty(rel_size, self.head_dim))
@@ -114,18 +117,21 @@ class HaloAttention(nn.Module):
         q_index, kv_index, row_valid, col_valid = halo_geometry(h, w, b, self.halo_size, x.device)
 
         tokens = x.flatten(2).transpose(1, 2)  # B×N×C
-        # Gather the projected tokens into blocks/windows: (B·heads·blocks)×slots×d.
-        q = self.q(tokens).index_select(1, q_index).view(bsz, nby * nbx, b * b, heads, d)
-        q = q.permute(0, 3, 1, 2, 4).reshape(-1, b * b, d)
-        kv = self.kv(tokens).index_select(1, kv_index).view(bsz, nby * nbx, win * win, 2, heads, d)
-        k, v = kv.permute(3, 0, 4, 1, 2, 5).reshape(2, -1, win * win, d).unbind(0)
+        # Gather the projected tokens into blocks / windows, (B·heads·blocks)×slots×d. Gathering from
+        # a head-major view reads d contiguous values per slot and writes the final layout directly.
+        q = self.q(tokens).view(bsz, h * w, heads, d).transpose(1, 2)
+        q = q.index_select(2, q_index).view(-1, b * b, d)
+        kv = self.kv(tokens).view(bsz, h * w, 2, heads, d).permute(2, 0, 3, 1, 4)
+        k, v = kv.index_select(3, kv_index).view(2, -1, win * win, d).unbind(0)
 
-        dtype = torch.float32 if q.dtype == torch.float16 else q.dtype
+        dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
             y = self._attend(q.to(dtype), k.to(dtype), v.to(dtype), row_valid, col_valid)
-        y = y.to(q.dtype).view(bsz, heads, nby, nbx, b, b, d).permute(0, 1, 6, 2, 4, 3, 5)
-        y = y.reshape(bsz, c, nby * b, nbx * b)[:, :, :h, :w]
-        return self.proj(y)
+        # Fold the blocks back to B×H×W×C tokens, crop the padding, project straight to B×C×H×W.
+        y = y.to(q.dtype).view(bsz, heads, nby, nbx, b, b, d).permute(0, 2, 4, 3, 5, 1, 6)
+        y = y.reshape(bsz, nby * b, nbx * b, c)[:, :h, :w].reshape(bsz, h * w, c)
+        out = torch.matmul(self.proj.weight, y.transpose(1, 2))
+        return (out + self.proj.bias.to(out.dtype)[:, None]).view(bsz, c, h, w)
 
     def _attend(
         self,
@@ -138,14 +144,15 @@ class HaloAttention(nn.Module):
         """Softmax attention of each block's b² queries over its win² keys; q is (n·blocks)×b²×d."""
         b, win, d = self.block_size, self.win_size, self.head_dim
         nby, nbx = row_valid.shape[0], col_valid.shape[0]
-        # Relative-position logits per axis: for query row y and window row t the offset index is
-        # t - y + b - 1 (key row minus query row, shifted to start at 0). Gathering the b×win table
-        # slices first makes each axis one batched matmul with win (not 2·win-1) outputs per query.
-        offsets = torch.arange(win, device=q.device)[None, :] - torch.arange(b, device=q.device)[:, None]
-        offsets = offsets + (b - 1)
+        # Relative-position logits per axis. Query row y and window row t have table row t - y + b - 1
+        # (key minus query offset, shifted to start at 0), so query row y reads the win consecutive
+        # rows starting at b - 1 - y: a flipped unfold of the table (b×d×win). Each axis is then
+        # one batched matmul with win (not 2·(b+h)-1) outputs per query.
         q5 = q.view(-1, b, b, d)
-        rel_h = torch.einsum("nyxd,ytd->nyxt", q5, self.rel_h.to(q.dtype)[offsets])
-        rel_w = torch.einsum("nyxd,xtd->nyxt", q5, self.rel_w.to(q.dtype)[offsets])
+        table_h = self.rel_h.to(q.dtype).unfold(0, win, 1).flip(0)
+        table_w = self.rel_w.to(q.dtype).unfold(0, win, 1).flip(0)
+        rel_h = torch.einsum("nyxd,ydt->nyxt", q5, table_h)
+        rel_w = torch.einsum("nyxd,xdt->nyxt", q5, table_w)
         # Masking: -inf on window rows/cols outside the map masks exactly the keys outside it.
         row_bias = torch.zeros(row_valid.shape, dtype=q.dtype, device=q.device)
         col_bias = torch.zeros(col_valid.shape, dtype=q.dtype, device=q.device)

@@ -43,8 +43,7 @@ def reference(m: HaloAttention, x: torch.Tensor) -> torch.Tensor:
             logits = logits + torch.einsum("bhd,md->bhm", qi, m.rel_h[kr - i + shift])
             logits = logits + torch.einsum("bhd,md->bhm", qi, m.rel_w[ks - j + shift])
             y[:, i, j] = torch.einsum("bhm,bmhd->bhd", logits.softmax(-1), v[:, kr, ks])
-    y = y.reshape(bsz, hh, ww, c).permute(0, 3, 1, 2)
-    return m.proj(y)
+    return project(m.proj, y.reshape(bsz, hh, ww, c)).permute(0, 3, 1, 2)
 
 
 def make(channels: int = 16, heads: int = 2, block: int = 4, halo: int = 2, **kw) -> HaloAttention:
@@ -113,8 +112,8 @@ def test_padded_keys_are_masked(monkeypatch):
     logits = (
         logits + torch.einsum("ihd,ijd->hij", q, m.rel_h[dr]) + torch.einsum("ihd,ijd->hij", q, m.rel_w[dc])
     )
-    y = torch.einsum("hij,jhd->ihd", logits.softmax(-1), v).reshape(n, 16).T.reshape(1, 16, 5, 5)
-    expected = m.proj(y)
+    y = torch.einsum("hij,jhd->ihd", logits.softmax(-1), v).reshape(n, 16)
+    expected = project(m.proj, y).T.reshape(1, 16, 5, 5)
     with torch.no_grad():
         torch.testing.assert_close(m(x), expected, atol=1e-10, rtol=1e-8)
 
@@ -127,6 +126,15 @@ def test_padded_keys_are_masked(monkeypatch):
 
         monkeypatch.setattr(halo_module, "halo_geometry", unmasked)
         assert (m(x) - expected).abs().max() > 1e-2
+
+
+def test_gradients_finite_with_masked_keys():
+    """-inf masks must not leak NaN into the backward pass (3×5 map: most of the window is masked)."""
+    m = make(block=4, halo=2).train()
+    x = torch.randn(2, 16, 3, 5, dtype=torch.float64, requires_grad=True)
+    (m(x) * torch.randn(2, 16, 3, 5, dtype=torch.float64)).sum().backward()
+    for t in [x.grad, *(p.grad for p in m.parameters())]:
+        assert torch.isfinite(t).all() and t.abs().sum() > 0
 
 
 @pytest.mark.parametrize(
@@ -168,6 +176,24 @@ def test_float16_logits_do_not_overflow():
     torch.testing.assert_close(y16.float(), m32(x.float()), rtol=1e-2, atol=1.0)
 
 
+def test_bfloat16_autocast_core_runs_in_float32(monkeypatch):
+    m = make(channels=16, heads=2, block=4, halo=1).float()
+    seen = []
+    attend = HaloAttention._attend
+
+    def spy(self, q, *args):
+        seen.append(q.dtype)
+        return attend(self, q, *args)
+
+    monkeypatch.setattr(HaloAttention, "_attend", spy)
+    x = torch.randn(2, 16, 7, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert seen == [torch.float32]
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), m(x), rtol=0.05, atol=0.05)
+
+
 def test_matches_timm_in_interior_blocks():
     """Same weights as timm's HaloAttn (no projection, qkv_bias False): equal wherever timm's unmasked
     zero padding is out of reach, i.e. in blocks whose window lies inside the map."""
@@ -182,7 +208,7 @@ def test_matches_timm_in_interior_blocks():
         m.kv.weight.copy_(kv.transpose(0, 1).reshape(2 * c, c))
         m.rel_h.copy_(t.pos_embed.height_rel[2 * h :])  # timm's first 2h rows are never used
         m.rel_w.copy_(t.pos_embed.width_rel[2 * h :])
-        m.proj.weight.copy_(torch.eye(c)[:, :, None, None])
+        m.proj.weight.copy_(torch.eye(c))
         m.proj.bias.zero_()
         x = torch.randn(2, c, 16, 20, dtype=torch.float64)
         ours, theirs = m(x), t(x)

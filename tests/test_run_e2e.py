@@ -151,3 +151,20 @@ def test_same_seed_reproduces_and_other_seed_differs(
     base_losses = first_epoch(base_dir)
     assert other.key != again.key
     assert other_losses["train/box_loss"] != base_losses["train/box_loss"]
+
+
+def test_weights_transfer_from_a_local_checkpoint(runs: dict, dirs: tuple[Path, Path]) -> None:
+    """model.weights=PATH starts an attention run from the baseline's trained weights (no download)."""
+    _, base_dir = runs["baseline"]
+    best = base_dir / ULTRALYTICS_DIR / "weights" / "best.pt"
+    record, run_dir = run(["+attn=fla", "+pos=p4", f"model.weights={best}"], dirs)
+    assert record.status == "ok", record.error
+    assert record.key not in {r.key for r, _ in runs.values()}
+
+
+def test_failed_training_is_recorded_not_raised(dirs: tuple[Path, Path]) -> None:
+    record, run_dir = run(["+attn=rala", "+pos=p3", "+train.extra.optimizer=NoSuchOptimizer"], dirs)
+    assert record.status == "failed"
+    assert "NoSuchOptimizer" in record.error
+    assert (run_dir / "traceback.txt").read_text().startswith("Traceback")
+    assert json.loads((run_dir / "record.json").read_text())["status"] == "failed"

@@ -1,0 +1,327 @@
+"""Measurement layer: attention parameters, FLOPs (SDPA included), latency protocol, COCO AP by size."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from ultralytics.nn.modules.block import AAttn
+
+import modules
+from ablate import measure
+from ablate.compose import Placement, base_model_yaml, build_model, compose, layer_table
+from ablate.datasets import make_dataset, read_labels
+from modules.hosts import A2C2fSwap, C2PSASwap, module_kwargs
+
+IMGSZ = 160  # small maps keep the full-model counts fast; AAttn's 4 areas still divide P4 (10×10)
+INSERTED = (14, 17, 20)
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="module")
+def base_yaml() -> dict:
+    return base_model_yaml("yolo12n", 5)
+
+
+@pytest.fixture(scope="module")
+def base(base_yaml: dict) -> nn.Module:
+    return build_model(base_yaml).eval()
+
+
+@pytest.fixture(scope="module")
+def composed(base_yaml: dict) -> nn.Module:
+    return build_model(compose(base_yaml, Placement("rala", INSERTED), "yolo12n")).eval()
+
+
+def _residual(channels: int) -> nn.Module:
+    """The layer insert mode adds, built alone."""
+    return modules.AttentionResidual(channels, "rala").eval()
+
+
+# ------------------------------------------------------------------------------------------- params
+
+
+def test_params_attn_is_zero_for_the_baseline(base: nn.Module) -> None:
+    assert measure.params_attn(base) == 0
+
+
+def test_params_attn_counts_the_inserted_layers(base: nn.Module, composed: nn.Module) -> None:
+    table = layer_table(base)
+    expected = sum(sum(p.numel() for p in _residual(table[i].channels).parameters()) for i in INSERTED)
+    assert measure.params_attn(composed) == expected
+    added = sum(p.numel() for p in composed.parameters()) - sum(p.numel() for p in base.parameters())
+    assert measure.params_attn(composed) == added  # insert mode only adds
+
+
+def test_params_attn_counts_the_swapped_in_attention_of_hosts() -> None:
+    host = A2C2fSwap(128, 128, 1, True, 4, False, 2.0, "rala")  # one repeat = two ABlocks of dim 64
+    one = modules.build("rala", 64, **module_kwargs("rala", None, 64, 2, 4))
+    assert measure.params_attn(host) == 2 * sum(p.numel() for p in one.parameters())
+    psa = C2PSASwap(128, 128, 2, 0.5, "mhsa")  # two PSABlocks of dim 64
+    one = modules.build("mhsa", 64, **module_kwargs("mhsa", None, 64, psa.m[0].attn.num_heads))
+    assert measure.params_attn(psa) == 2 * sum(p.numel() for p in one.parameters())
+
+
+# -------------------------------------------------------------------------------------------- FLOPs
+
+
+class ConvMatmul(nn.Module):
+    """A 3×3 conv, then the Gram matrix of its output channels: both countable by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).flatten(2)  # 1×8×HW
+        return y @ y.transpose(1, 2)  # 1×8×8
+
+
+def test_flops_of_a_conv_and_a_matmul_are_exact() -> None:
+    n = 16 * 16
+    conv = 2 * n * 8 * 3 * 9
+    gram = 2 * 8 * 8 * n
+    count = measure.count_flops(ConvMatmul(), 16)
+    assert count.flops == conv + gram
+    assert count.gflops == pytest.approx((conv + gram) / 1e9, rel=1e-12)
+    assert count.imgsz == (16, 16)
+    assert count.by_module == {"conv": conv / 1e9}
+    assert count.version == f"torch {torch.__version__}"
+
+
+class Attention(nn.Module):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__()
+        self.kwargs = kwargs
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, **self.kwargs)
+
+
+B, H, N, D = 2, 4, 64, 32
+MASKS = {
+    "none": {},
+    "bool mask": {"attn_mask": torch.ones(N, N, dtype=torch.bool).tril()},
+    "float mask": {"attn_mask": torch.zeros(B, 1, N, N)},
+}
+
+
+@pytest.mark.parametrize("value_dim", [D, 16], ids=["fused cpu kernel", "math path"])
+@pytest.mark.parametrize("mask", MASKS, ids=list(MASKS))
+def test_sdpa_is_counted_on_cpu(mask: str, value_dim: int) -> None:
+    q, k = torch.randn(B, H, N, D), torch.randn(B, H, N, D)
+    v = torch.randn(B, H, N, value_dim)
+    counted = measure.count_module_flops(Attention(**MASKS[mask]), q, k, v).get_total_flops()
+    assert counted == 2 * B * H * N * N * D + 2 * B * H * N * N * value_dim  # q·kᵀ and p·v
+
+
+def test_sdpa_backward_is_counted_on_cpu() -> None:
+    q = torch.randn(B, H, N, D, requires_grad=True)
+    k, v = torch.randn(B, H, N, D), torch.randn(B, H, N, D)
+    with measure.flop_counter() as counter:
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+    forward = 2 * 2 * B * H * N * N * D
+    backward = 5 * 2 * B * H * N * N * D  # recomputed scores, dV, dP, dQ, dK
+    assert counter.get_total_flops() == forward + backward
+
+
+def _hand_count(model: nn.Module, imgsz: int) -> tuple[int, int]:
+    """(convolutions, area attention products) of one forward, from hooks: 2·MACs each."""
+    conv, attn = [0], [0]
+
+    def on_conv(m: nn.Conv2d, inputs: tuple, out: torch.Tensor) -> None:
+        conv[0] += 2 * out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+
+    def on_attn(m: AAttn, inputs: tuple, out: torch.Tensor) -> None:
+        b, c, h, w = inputs[0].shape
+        attn[0] += 2 * 2 * b * (h * w) ** 2 * c // m.area  # q·kᵀ and p·v inside each of `area` chunks
+
+    hooks = [m.register_forward_hook(on_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(on_attn) for m in model.modules() if isinstance(m, AAttn)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, imgsz, imgsz))
+    finally:
+        for h in hooks:
+            h.remove()
+    return conv[0], attn[0]
+
+
+def test_yolo12_count_is_convolutions_plus_attention_products(base: nn.Module) -> None:
+    conv, attn = _hand_count(base, IMGSZ)
+    count = measure.count_flops(base, IMGSZ)
+    assert attn > 0
+    assert count.flops == conv + attn  # every product, the attention matmuls included
+    assert count.flops > conv  # what a conv-hook-only counter reports
+    layers = sum(v for k, v in count.by_module.items() if k.startswith("model."))
+    assert layers == pytest.approx(count.gflops, rel=1e-9)
+
+
+def test_inserting_a_module_adds_its_own_flops(base: nn.Module, composed: nn.Module) -> None:
+    table = layer_table(base)
+    alone = 0
+    for i in INSERTED:
+        side = IMGSZ // table[i].stride
+        x = torch.zeros(1, table[i].channels, side, side)
+        alone += measure.count_module_flops(_residual(table[i].channels), x).get_total_flops()
+    added = measure.count_flops(composed, IMGSZ).flops - measure.count_flops(base, IMGSZ).flops
+    assert added == alone
+
+
+def test_count_rounds_imgsz_up_to_the_stride(base: nn.Module) -> None:
+    assert measure.count_flops(base, 150).flops == measure.count_flops(base, IMGSZ).flops
+
+
+def test_ultralytics_count_is_recorded_with_its_counter(base: nn.Module) -> None:
+    theirs = measure.ultralytics_flops(base, IMGSZ)
+    assert theirs.gflops > 0
+    assert theirs.version.startswith("ultralytics-thop ")
+    assert theirs.imgsz == (IMGSZ, IMGSZ)
+
+
+def test_a_zero_count_raises() -> None:
+    with pytest.raises(measure.ZeroFlopsError):
+        measure.count_flops(nn.Sequential(nn.ReLU()), 8)
+    with pytest.raises(measure.ZeroFlopsError):
+        measure.ultralytics_flops(nn.Sequential(nn.ReLU()), 8)  # get_flops swallows the error: 0.0
+
+
+# ------------------------------------------------------------------------------------------ latency
+
+
+class Counting(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.conv(x)
+
+
+def test_latency_protocol_reports_its_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = Counting()
+    copies = []
+    monkeypatch.setattr(measure, "inference_copy", lambda m, *a, **k: copies.append(m) or m.eval())
+    lat = measure.measure_latency(model, 32, repeats=7, warmup=2)
+    assert model.calls == 9
+    assert lat.count == 7 and lat.warmup == 2 and lat.batch == 1
+    assert lat.latency_p10_ms <= lat.latency_ms <= lat.latency_p90_ms
+    assert lat.threads == torch.get_num_threads()
+    assert lat.dtype == "float32" and lat.device and lat.peak_memory_mb is None
+
+
+def test_latency_runs_on_a_fused_copy(composed: nn.Module) -> None:
+    fused = measure.inference_copy(composed)
+    assert fused.is_fused() and not composed.is_fused()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x)[0], composed(x)[0], rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="half"):
+        measure.measure_latency(composed, 64, half=True, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------ COCO AP
+
+
+def _gt(sides: dict[str, int]) -> dict:
+    """One 200×200 image per box, boxes of the given side lengths at (20, 20)."""
+    images = [
+        {"id": i, "file_name": f"{i}.png", "width": 200, "height": 200} for i in range(1, len(sides) + 1)
+    ]
+    anns = [
+        {"id": i, "image_id": i, "category_id": 0, "bbox": [20, 20, s, s], "area": s * s, "iscrowd": 0}
+        for i, s in enumerate(sides.values(), start=1)
+    ]
+    return {"images": images, "annotations": anns, "categories": [{"id": 0, "name": "thing"}]}
+
+
+def _det(image_id: int, bbox: list[float], score: float = 0.9) -> dict:
+    return {"image_id": image_id, "category_id": 0, "bbox": bbox, "score": score}
+
+
+SIDES = {"small": 10, "medium": 50, "large": 120}
+
+
+def test_ap_of_perfect_predictions_is_one() -> None:
+    gt = _gt(SIDES)
+    dets = [_det(a["image_id"], a["bbox"]) for a in gt["annotations"]]
+    assert measure.coco_ap_by_size(gt, dets) == {k: pytest.approx(1.0) for k in measure.AP_KEYS}
+
+
+def test_ap_by_size_when_only_small_objects_are_found() -> None:
+    gt = _gt(SIDES)
+    dets = [_det(1, [20, 20, 10, 10]), _det(3, [150, 150, 40, 40], score=0.8)]  # small right, large wrong
+    ap = measure.coco_ap_by_size(gt, dets)
+    assert ap["ap_small"] == pytest.approx(1.0)
+    assert ap["ap_medium"] == 0.0 and ap["ap_large"] == 0.0
+    assert 0.0 < ap["map50_95_coco"] < 1.0
+
+
+def test_a_bucket_without_ground_truth_is_none() -> None:
+    gt = _gt({"small": 10, "large": 120})
+    dets = [_det(a["image_id"], a["bbox"]) for a in gt["annotations"]]
+    ap = measure.coco_ap_by_size(gt, dets)
+    assert ap["ap_medium"] is None
+    assert ap["ap_small"] == pytest.approx(1.0) and ap["ap_large"] == pytest.approx(1.0)
+
+
+def test_no_detections_give_zeros() -> None:
+    ap = measure.coco_ap_by_size(_gt({"small": 10, "large": 120}), [])
+    assert ap == {
+        "map50_95_coco": 0.0,
+        "map50_coco": 0.0,
+        "ap_small": 0.0,
+        "ap_medium": None,
+        "ap_large": 0.0,
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory):
+    return make_dataset("shapes", tmp_path_factory.mktemp("data"), train_images=4, val_images=4, imgsz=96)
+
+
+def test_yolo_labels_become_coco_pixel_boxes(tiny_data) -> None:
+    gt = measure.yolo_to_coco_gt(tiny_data, "val")
+    labels = sorted((tiny_data.parent / "labels" / "val").glob("*.txt"))
+    rows = [(label.stem, r) for label in labels for r in read_labels(label)]
+    assert len(gt["images"]) == 4 and len(gt["annotations"]) == len(rows) > 0
+    assert {im["width"] for im in gt["images"]} == {96} and {im["height"] for im in gt["images"]} == {96}
+    names = {im["id"]: im["file_name"] for im in gt["images"]}
+    for ann, (stem, (cls, cx, cy, w, h)) in zip(gt["annotations"], rows, strict=True):
+        assert names[ann["image_id"]] == f"images/val/{stem}.png"
+        assert ann["category_id"] == cls and ann["iscrowd"] == 0
+        expected = [(cx - w / 2) * 96, (cy - h / 2) * 96, w * 96, h * 96]
+        assert ann["bbox"] == pytest.approx(expected, abs=1e-9)
+        assert ann["area"] == pytest.approx(w * h * 96 * 96)
+    assert (
+        len({a["id"] for a in gt["annotations"]}) == len(rows)
+        and min(a["id"] for a in gt["annotations"]) == 1
+    )
+
+
+def test_predictions_are_coco_detections_on_the_gt_images(tiny_data, base: nn.Module, tmp_path) -> None:
+    from ultralytics import YOLO
+
+    weights = tmp_path / "untrained.pt"
+    torch.save({"model": base}, weights)
+    gt = measure.yolo_to_coco_gt(tiny_data, "val")
+    out = tmp_path / measure.PREDICTIONS_JSON
+    dets = measure.predictions_to_coco(YOLO(str(weights)), gt, 96, conf=1e-6, max_det=20, out=out)
+    assert json.loads(out.read_text()) == dets
+    per_image = {im["id"]: sum(d["image_id"] == im["id"] for d in dets) for im in gt["images"]}
+    assert all(0 < n <= 20 for n in per_image.values())
+    for d in dets:
+        x, y, w, h = d["bbox"]
+        assert min(x, y) >= -1e-3 and max(x + w, y + h) <= 96 + 1e-3
+        assert 0 <= d["category_id"] < 5
+    ap = measure.coco_ap_by_size(gt, dets)
+    assert set(ap) == set(measure.AP_KEYS) and 0.0 <= ap["map50_95_coco"] <= 1.0
