@@ -29,6 +29,11 @@ def check_non_negative(name: str, value: int) -> int:
     return value
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Up-cast float16/bfloat16 to float32; float32 and float64 unchanged (so float64 checks stay exact)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 

@@ -9,6 +9,7 @@ from torch import nn
 from ._common import (
     DEFAULT_HEAD_DIM,
     LayerNorm2d,
+    at_least_fp32,
     check_channels,
     check_positive,
     from_heads,
@@ -18,11 +19,6 @@ from ._common import (
 from .registry import register
 
 EPS = 1e-6
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """Up-cast half/bfloat16 to float32; leave float32/float64 alone (float64 tests stay exact)."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def focus(t: torch.Tensor, scale: torch.Tensor, p: float, dim: int = 1) -> torch.Tensor:
@@ -117,9 +113,9 @@ class FocusedLinearAttention(nn.Module):
         _, _, h, w = q.shape
         dtype = v.dtype
         with torch.autocast(device_type=v.device.type, enabled=False):
-            q = focus(_at_least_fp32(q), self.scale, self.focusing_factor)
-            k = focus(_at_least_fp32(k), self.scale, self.focusing_factor)
-            q, k, v = (to_heads(t, self.num_heads) for t in (q, k, _at_least_fp32(v)))
+            q = focus(at_least_fp32(q), self.scale, self.focusing_factor)
+            k = focus(at_least_fp32(k), self.scale, self.focusing_factor)
+            q, k, v = (to_heads(t, self.num_heads) for t in (q, k, at_least_fp32(v)))
             z = 1.0 / (q @ k.mean(dim=-2, keepdim=True).transpose(-1, -2) + EPS)  # B×heads×N×1
             kv = (k.transpose(-1, -2) @ v) / k.shape[-2]  # mean_j φ(k_j) v_jᵀ: B×heads×d×d
             y = (q @ kv) * z

@@ -6,15 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import DEFAULT_HEAD_DIM, check_channels, check_positive, from_heads, resolve_heads, to_heads
+from ._common import (
+    DEFAULT_HEAD_DIM,
+    at_least_fp32,
+    check_channels,
+    check_positive,
+    from_heads,
+    resolve_heads,
+    to_heads,
+)
 from .registry import register
 
 EPS = 1e-6
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """Up-cast half/bfloat16 to float32; leave float32/float64 alone (float64 tests stay exact)."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def rope_2d(h: int, w: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> tuple:
@@ -110,7 +113,7 @@ class RALA(nn.Module):
         _, _, h, w = v.shape
         dtype = v.dtype
         with torch.autocast(device_type=v.device.type, enabled=False):
-            q, k, v = (_at_least_fp32(to_heads(t, self.num_heads)) for t in (q, k, v))
+            q, k, v = (at_least_fp32(to_heads(t, self.num_heads)) for t in (q, k, v))
             q = F.elu(q) + 1.0
             k = F.elu(k) + 1.0  # B×heads×N×d, all entries > 0
             logits = self.scale * (q.mean(dim=-2, keepdim=True) @ k.transpose(-1, -2))  # B×heads×1×N

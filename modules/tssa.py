@@ -6,13 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import DEFAULT_HEAD_DIM, check_channels, check_positive, resolve_heads
+from ._common import DEFAULT_HEAD_DIM, at_least_fp32, check_channels, check_positive, resolve_heads
 from .registry import register
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> fp32; fp32 and fp64 unchanged (so float64 checks stay exact)."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 @register("tssa")
@@ -109,10 +104,10 @@ class TSSA(nn.Module):
         """Group membership Π (B×heads×N, at least fp32, sums to 1 over heads) for input ``x``."""
         w = self._heads(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self._core(_at_least_fp32(w))[1]
+            return self._core(at_least_fp32(w))[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self._heads(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out, _ = self._core(_at_least_fp32(w))
+            out, _ = self._core(at_least_fp32(w))
         return self.proj(out.to(w.dtype).reshape(x.shape))

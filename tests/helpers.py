@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -29,3 +30,17 @@ def config(overrides: list[str], results: Path, data: Path) -> DictConfig:
             overrides=[*overrides, f"results.dir={results}", f"data.dir={data}"],
             return_hydra_config=False,
         )
+
+
+def depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Zero-padded 'same' depthwise convolution written as a sum of shifted maps (C×H×W)."""
+    c, h, w = x.shape
+    k = weight.shape[-1]
+    r = k // 2
+    padded = torch.zeros(c, h + 2 * r, w + 2 * r, dtype=x.dtype)
+    padded[:, r : r + h, r : r + w] = x
+    out = bias[:, None, None].expand(c, h, w).clone()
+    for dy in range(k):
+        for dx in range(k):
+            out += weight[:, 0, dy, dx][:, None, None] * padded[:, dy : dy + h, dx : dx + w]
+    return out

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from modules.fla import EPS, FocusedLinearAttention, focus
 
+from .helpers import depthwise
+
 
 def phi(t: torch.Tensor, scale: torch.Tensor, p: float) -> torch.Tensor:
     """The focusing function exactly as the paper writes it (no overflow guard), over the last axis."""
@@ -15,20 +17,6 @@ def phi(t: torch.Tensor, scale: torch.Tensor, p: float) -> torch.Tensor:
     n0 = t.norm(dim=-1, keepdim=True)
     t = t**p
     return t / t.norm(dim=-1, keepdim=True) * n0
-
-
-def depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Zero-padded 'same' depthwise convolution written as a sum of shifted maps (C×H×W)."""
-    c, h, w = x.shape
-    k = weight.shape[-1]
-    r = k // 2
-    padded = torch.zeros(c, h + 2 * r, w + 2 * r, dtype=x.dtype)
-    padded[:, r : r + h, r : r + w] = x
-    out = bias[:, None, None].expand(c, h, w).clone()
-    for dy in range(k):
-        for dx in range(k):
-            out += weight[:, 0, dy, dx][:, None, None] * padded[:, dy : dy + h, dx : dx + w]
-    return out
 
 
 def reference(m: FocusedLinearAttention, x: torch.Tensor) -> torch.Tensor:

@@ -10,19 +10,7 @@ import torch.nn.functional as F
 
 from modules.rala import EPS, RALA
 
-
-def depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Zero-padded 'same' depthwise convolution written as a sum of shifted maps (C×H×W)."""
-    c, h, w = x.shape
-    k = weight.shape[-1]
-    r = k // 2
-    padded = torch.zeros(c, h + 2 * r, w + 2 * r, dtype=x.dtype)
-    padded[:, r : r + h, r : r + w] = x
-    out = bias[:, None, None].expand(c, h, w).clone()
-    for dy in range(k):
-        for dx in range(k):
-            out += weight[:, 0, dy, dx][:, None, None] * padded[:, dy : dy + h, dx : dx + w]
-    return out
+from .helpers import depthwise
 
 
 def rotation(h: int, w: int, d: int) -> torch.Tensor:
