@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .errors import AblateError
+from .records import RunRecord
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "attn", "pos", "dataset", "train", "logger")
@@ -44,6 +45,20 @@ def check_group_overrides(argv: list[str]) -> None:
                 )
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def summary_line(record: RunRecord, directory: Path) -> str:
+    """One line per finished run: what ran, its metrics and measures, where its files are."""
+    return (
+        f"{record.status}: {record.model} attn={record.attn} pos={record.pos} dataset={record.dataset} "
+        f"seed={record.seed} mAP50={_fmt(record.map50, '.3f')} mAP50-95={_fmt(record.map50_95, '.3f')} "
+        f"params={_fmt(record.params, ',')} GFLOPs={_fmt(record.gflops, '.2f')} "
+        f"latency={_fmt(record.latency_ms, '.1f')}ms -> {directory}"
+    )
+
+
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -64,11 +79,7 @@ def run_job(cfg: DictConfig) -> float | None:
         return None
     if record is None:
         return None
-    print(
-        f"{record.status}: {record.model} attn={record.attn} pos={record.pos} dataset={record.dataset} "
-        f"seed={record.seed} mAP50={record.map50} mAP50-95={record.map50_95} -> "
-        f"{Path(cfg.results.dir) / 'runs' / record.key}"
-    )
+    print(summary_line(record, Path(cfg.results.dir) / "runs" / record.key))
     if record.status != "ok" and HydraConfig.get().mode != RunMode.MULTIRUN:
         fail(f"run {record.key} failed: {record.error}")
     return record.map50_95

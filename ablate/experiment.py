@@ -37,7 +37,7 @@ class Experiment:
     data_dir: Path
     weights: str | None = None
     force: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    measure: dict[str, Any] = field(default_factory=dict)
 
     @property
     def attn(self) -> str:
@@ -58,6 +58,7 @@ class Experiment:
             "dataset": self.dataset,
             "seed": self.seed,
             "train": {k: v for k, v in self.train.items() if k not in EXECUTION_KEYS},
+            "measure": {"imgsz": self.measure.get("imgsz"), "half": self.measure.get("half", False)},
         }
 
 
@@ -133,6 +134,11 @@ def experiment_from_config(cfg: DictConfig) -> Experiment:
     train = _container(cfg.train) or {}
     check_train(train)
     placement, pos = resolve_placement(cfg)
+    measure = _container(cfg.get("measure")) or {}
+    measure["imgsz"] = measure.get("imgsz") or train["imgsz"]
+    measure["device"] = measure.get("device") or train.get("device") or "cpu"
+    if isinstance(measure["imgsz"], bool) or not isinstance(measure["imgsz"], int) or measure["imgsz"] <= 0:
+        raise AblateError(f"measure.imgsz={measure['imgsz']!r} is not valid; it must be a positive integer")
     return Experiment(
         action=action,
         model=str(cfg.model.name),
@@ -146,4 +152,5 @@ def experiment_from_config(cfg: DictConfig) -> Experiment:
         data_dir=Path(str(cfg.data.dir)).expanduser().resolve(),
         weights=cfg.model.get("weights"),
         force=bool(cfg.get("force", False)),
+        measure=measure,
     )

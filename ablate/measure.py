@@ -193,15 +193,8 @@ def count_flops(model: nn.Module, imgsz: int | tuple[int, int], depth: int = 2) 
     """
     size = stride_size(model, imgsz)
     p = next(model.parameters(), None)
-    channels = _input_channels(model)
-    x = torch.zeros(
-        1,
-        channels,
-        *size,
-        device=p.device if p is not None else None,
-        dtype=p.dtype if p is not None else None,
-    )
-    counter = count_module_flops(model, x)
+    x = torch.zeros(1, _input_channels(model), *size)
+    counter = count_module_flops(model, x if p is None else x.to(p))
     total = counter.get_total_flops()
     return FlopCount(
         flops=total,
@@ -381,16 +374,20 @@ def measure_throughput(
 # ------------------------------------------------------------------------------------------ COCO AP
 
 
+def _load_data(data_yaml: str | Path, split: str) -> dict[str, Any]:
+    data = yaml.safe_load(Path(data_yaml).read_text())
+    if not isinstance(data, dict) or not data.get(split):
+        raise ValueError(f"{data_yaml} has no '{split}' split")
+    return data
+
+
 def split_images(data_yaml: str | Path, split: str = "val") -> tuple[Path, list[Path]]:
     """The dataset root and the sorted image files of ``split`` (directories, image lists or files),
     resolved as ultralytics resolves them."""
     from ultralytics.data.utils import IMG_FORMATS
 
-    path = Path(data_yaml)
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or not data.get(split):
-        raise ValueError(f"{path} has no '{split}' split")
-    base = _dataset_base(path, data)
+    data = _load_data(data_yaml, split)
+    base = _dataset_base(Path(data_yaml), data)
     files: list[Path] = []
     for item in data[split] if isinstance(data[split], list) else [data[split]]:
         target = (base / item).resolve()
@@ -414,13 +411,14 @@ def _image_files(target: Path, formats: set[str]) -> list[Path]:
 def yolo_to_coco_gt(data_yaml: str | Path, split: str = "val") -> dict[str, Any]:
     """COCO ground truth of a YOLO-format split: pixel xywh boxes, ``area`` = w·h, ``iscrowd`` 0.
 
-    ``file_name`` is relative to the dataset root, which ``info.root`` holds.
+    Image sizes are read from the files (EXIF-corrected, as ultralytics reads them). ``file_name`` is
+    relative to the dataset root, which ``info.root`` holds. Label rows must be boxes (not polygons).
     """
     from PIL import Image
-    from ultralytics.data.utils import img2label_paths
+    from ultralytics.data.utils import exif_size, img2label_paths
 
     base, images = split_images(data_yaml, split)
-    names = yaml.safe_load(Path(data_yaml).read_text()).get("names") or {}
+    names = _load_data(data_yaml, split).get("names") or {}
     names = dict(enumerate(names)) if isinstance(names, list) else names
     gt: dict[str, Any] = {
         "info": {"description": f"{data_yaml} split={split}", "root": str(base)},
@@ -430,7 +428,7 @@ def yolo_to_coco_gt(data_yaml: str | Path, split: str = "val") -> dict[str, Any]
     }
     for image_id, (image, label) in enumerate(zip(images, img2label_paths(images), strict=True), start=1):
         with Image.open(image) as im:
-            width, height = im.size
+            width, height = exif_size(im)
         gt["images"].append(
             {"id": image_id, "file_name": _relative(image, base), "width": width, "height": height}
         )

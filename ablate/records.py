@@ -45,6 +45,29 @@ class RunRecord:
     precision: float | None = None
     recall: float | None = None
     train_seconds: float | None = None
+    # measures (ablate.measure): parameters added/swapped in, attention-inclusive FLOPs, latency, AP by size
+    params_attn: int | None = None
+    gflops: float | None = None
+    gflops_imgsz: list[int] = field(default_factory=list)
+    gflops_counter: str | None = None
+    gflops_ultralytics: float | None = None
+    gflops_ultralytics_counter: str | None = None
+    latency_ms: float | None = None
+    latency_p10_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_count: int | None = None
+    latency_batch: int | None = None
+    latency_device: str | None = None
+    latency_dtype: str | None = None
+    latency_threads: int | None = None
+    throughput_ips: float | None = None
+    peak_memory_train_mb: float | None = None
+    peak_memory_infer_mb: float | None = None
+    map50_95_coco: float | None = None
+    map50_coco: float | None = None
+    ap_small: float | None = None
+    ap_medium: float | None = None
+    ap_large: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
     git_sha: str | None = None
     started_at: str | None = None

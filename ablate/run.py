@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MODEL_YAML = "model.yaml"
 CONFIG_YAML = "config.yaml"
 ULTRALYTICS_DIR = "ultralytics"
+PREDICTIONS = "predictions.json"
 
 
 def dataset_names(dataset: dict[str, Any]) -> list[str]:
@@ -92,6 +93,48 @@ def base_record(exp: Experiment, key: str, model: torch.nn.Module, d: dict[str, 
     )
 
 
+def record_measures(record: RunRecord, model: torch.nn.Module, measure: dict[str, Any]) -> None:
+    """Parameters added by the placement, attention-inclusive GFLOPs, ultralytics' GFLOPs, latency."""
+    from . import measure as m
+
+    imgsz = int(measure["imgsz"])
+    record.params_attn = m.params_attn(model)
+    flops = m.count_flops(model, imgsz)
+    record.gflops, record.gflops_imgsz = round(flops.gflops, 4), list(flops.imgsz)
+    record.gflops_counter = f"{flops.counter} ({flops.version})"
+    try:
+        theirs = m.ultralytics_flops(model, imgsz)
+        record.gflops_ultralytics = round(theirs.gflops, 4)
+        record.gflops_ultralytics_counter = f"{theirs.counter} ({theirs.version})"
+    except m.ZeroFlopsError as e:  # ultralytics' own figure is informative only
+        log.warning("ultralytics get_flops gave no figure: %s", e)
+    device, half = str(measure.get("device") or "cpu"), bool(measure.get("half"))
+    repeats, warmup = int(measure.get("latency_repeats", 100)), int(measure.get("latency_warmup", 20))
+    lat = m.measure_latency(model, imgsz, repeats=repeats, warmup=warmup, device=device, half=half)
+    record.latency_ms = round(lat.latency_ms, 3)
+    record.latency_p10_ms, record.latency_p90_ms = round(lat.latency_p10_ms, 3), round(lat.latency_p90_ms, 3)
+    record.latency_count, record.latency_batch, record.latency_device = lat.count, lat.batch, lat.device
+    record.latency_dtype, record.latency_threads = lat.dtype, lat.threads
+    record.peak_memory_infer_mb = lat.peak_memory_mb
+    batch = int(measure.get("throughput_batch") or 0)
+    if batch > 0:
+        ips = m.measure_throughput(model, imgsz, batch=batch, device=device, half=half)
+        record.throughput_ips = round(ips, 2)
+
+
+def record_ap_by_size(record: RunRecord, data_yaml: str, weights: Path, imgsz: int, out: Path) -> None:
+    """COCO AP overall and by object size from the trained model's predictions on the val split."""
+    from . import measure as m
+
+    if not Path(data_yaml).is_file():
+        log.warning("AP by size skipped: %s is not a local data YAML", data_yaml)
+        return
+    gt = m.yolo_to_coco_gt(data_yaml, "val")
+    dets = m.predictions_to_coco(weights, gt, imgsz, out=out)
+    for key, value in m.coco_ap_by_size(gt, dets).items():
+        setattr(record, key, value)
+
+
 def materialize_dataset(exp: Experiment) -> str:
     """The data YAML for ultralytics: a user/ultralytics YAML, or the embedded dataset (generated once)."""
     spec = exp.dataset
@@ -146,8 +189,12 @@ def execute(exp: Experiment, cfg: DictConfig | None = None) -> RunRecord | None:
                 directory / ULTRALYTICS_DIR,
                 exp.weights,
             )
-            for k in ("map50", "map50_95", "precision", "recall", "train_seconds"):
+            for k in ("map50", "map50_95", "precision", "recall", "train_seconds", "peak_memory_train_mb"):
                 setattr(record, k, result[k])
+            if exp.measure.get("coco_eval", True):
+                best = Path(result["save_dir"]) / "weights" / "best.pt"
+                record_ap_by_size(record, data_yaml, best, int(exp.train["imgsz"]), directory / PREDICTIONS)
+        record_measures(record, model, exp.measure)
         record.status = "ok"
     except Exception as e:  # recorded, not raised: one failed run must not hide the others
         record.status, record.error = "failed", f"{type(e).__name__}: {e}"

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 log = logging.getLogger(__name__)
 
 # our names for ultralytics' final validation metrics
@@ -79,6 +81,9 @@ def train_and_validate(
     model = YOLO(str(model_yaml), task="detect")
     if weights:
         model.load(weights)  # transfers every tensor whose name and shape match
+    cuda = torch.cuda.is_available() and str(train.get("device")) not in ("cpu", "mps")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     model.train(data=data_yaml, **train_args(train, seed, project))
     seconds = time.perf_counter() - start
@@ -86,6 +91,7 @@ def train_and_validate(
     out: dict[str, Any] = {k: _float(metrics.get(v)) for k, v in METRICS.items()}
     out["train_seconds"] = round(seconds, 2)
     out["save_dir"] = str(model.trainer.save_dir)
+    out["peak_memory_train_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
     return out
 
 

@@ -19,6 +19,8 @@ TINY = [
     "train.batch=8",
     "train.workers=0",
     "logger=none",
+    "measure.latency_repeats=5",
+    "measure.latency_warmup=1",
 ]
 
 

@@ -39,6 +39,11 @@ def composed(base_yaml: dict) -> nn.Module:
     return build_model(compose(base_yaml, Placement("rala", INSERTED), "yolo12n")).eval()
 
 
+@pytest.fixture(scope="module")
+def base_count(base: nn.Module) -> measure.FlopCount:
+    return measure.count_flops(base, IMGSZ)
+
+
 def _residual(channels: int) -> nn.Module:
     """The layer insert mode adds, built alone."""
     return modules.AttentionResidual(channels, "rala").eval()
@@ -153,9 +158,11 @@ def _hand_count(model: nn.Module, imgsz: int) -> tuple[int, int]:
     return conv[0], attn[0]
 
 
-def test_yolo12_count_is_convolutions_plus_attention_products(base: nn.Module) -> None:
+def test_yolo12_count_is_convolutions_plus_attention_products(
+    base: nn.Module, base_count: measure.FlopCount
+) -> None:
     conv, attn = _hand_count(base, IMGSZ)
-    count = measure.count_flops(base, IMGSZ)
+    count = base_count
     assert attn > 0
     assert count.flops == conv + attn  # every product, the attention matmuls included
     assert count.flops > conv  # what a conv-hook-only counter reports
@@ -163,19 +170,25 @@ def test_yolo12_count_is_convolutions_plus_attention_products(base: nn.Module) -
     assert layers == pytest.approx(count.gflops, rel=1e-9)
 
 
-def test_inserting_a_module_adds_its_own_flops(base: nn.Module, composed: nn.Module) -> None:
+def test_inserting_a_module_adds_its_own_flops(
+    base: nn.Module, composed: nn.Module, base_count: measure.FlopCount
+) -> None:
     table = layer_table(base)
     alone = 0
     for i in INSERTED:
         side = IMGSZ // table[i].stride
         x = torch.zeros(1, table[i].channels, side, side)
         alone += measure.count_module_flops(_residual(table[i].channels), x).get_total_flops()
-    added = measure.count_flops(composed, IMGSZ).flops - measure.count_flops(base, IMGSZ).flops
+    added = measure.count_flops(composed, IMGSZ).flops - base_count.flops
     assert added == alone
 
 
-def test_count_rounds_imgsz_up_to_the_stride(base: nn.Module) -> None:
-    assert measure.count_flops(base, 150).flops == measure.count_flops(base, IMGSZ).flops
+def test_sizes_round_up_to_the_stride(base: nn.Module, base_count: measure.FlopCount) -> None:
+    assert measure.stride_size(base, 150) == (IMGSZ, IMGSZ) == base_count.imgsz
+    assert measure.stride_size(base, (100, 161)) == (128, 192)
+    assert measure.stride_size(ConvMatmul(), 15) == (15, 15)  # no strides: as given
+    with pytest.raises(ValueError, match="imgsz"):
+        measure.stride_size(base, 0)
 
 
 def test_ultralytics_count_is_recorded_with_its_counter(base: nn.Module) -> None:

@@ -88,6 +88,12 @@ def test_run_leaves_a_complete_record(runs: dict, kind: str) -> None:
     assert (run_dir / MODEL_YAML).is_file() and (run_dir / CONFIG_YAML).is_file()
     assert (run_dir / ULTRALYTICS_DIR / "weights" / "best.pt").is_file()
     assert (run_dir / ULTRALYTICS_DIR / "results.csv").is_file()
+    assert data["gflops"] > data["gflops_ultralytics"] * 0.9 > 0
+    assert data["latency_count"] == 5
+    assert data["latency_p10_ms"] <= data["latency_ms"] <= data["latency_p90_ms"]
+    assert (data["params_attn"] > 0) == (kind != "baseline")
+    assert (run_dir / "predictions.json").is_file()
+    assert data["map50_95_coco"] is not None and 0.0 <= data["map50_95_coco"] <= 1.0
     expected = {
         "baseline": ("none", "none", []),
         "inserted": ("rala", "after", [20]),
@@ -168,3 +174,14 @@ def test_failed_training_is_recorded_not_raised(dirs: tuple[Path, Path]) -> None
     assert "NoSuchOptimizer" in record.error
     assert (run_dir / "traceback.txt").read_text().startswith("Traceback")
     assert json.loads((run_dir / "record.json").read_text())["status"] == "failed"
+
+
+def test_profile_measures_without_training(dirs: tuple[Path, Path], runs: dict) -> None:
+    record, run_dir = run(["+attn=rala", "+pos=neck", "action=profile"], dirs)
+    data = json.loads((run_dir / "record.json").read_text())
+    assert data["status"] == "ok" and data["action"] == "profile"
+    assert data["map50"] is None and data["train_seconds"] is None and data["ap_small"] is None
+    assert data["gflops"] > 0 and data["latency_count"] == 5 and data["params_attn"] > 0
+    assert data["params"] == data["params_attn"] + runs["baseline"][0].params
+    assert not (run_dir / ULTRALYTICS_DIR).exists()
+    assert record.key != runs["inserted"][0].key
