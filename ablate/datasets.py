@@ -631,7 +631,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _dataset_base(path: Path, data: dict[str, Any]) -> Path:
+def dataset_base(path: Path, data: dict[str, Any]) -> Path:
     """The directory splits are relative to, resolved the way ultralytics' check_det_dataset does."""
     base = Path(data.get("path") or path.parent)
     if not base.exists() and not base.is_absolute():
@@ -664,7 +664,7 @@ def _validate_user_yaml(path: Path) -> Path:
         )
     if "val" not in data and "validation" in data:
         data["val"] = data["validation"]
-    base = _dataset_base(path, data)
+    base = dataset_base(path, data)
     for key in SPLITS:
         if not data.get(key):
             raise AblateError(

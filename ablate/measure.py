@@ -31,6 +31,7 @@ import logging
 import math
 import platform
 import statistics
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -42,8 +43,7 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from .datasets import _dataset_base, read_labels
-from .module_latency import quantile, time_forward
+from .datasets import dataset_base, read_labels
 from .records import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -303,6 +303,24 @@ def _input(
     return x.to(device, torch.float16 if half else torch.float32)
 
 
+def time_forward(module: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> list[float]:
+    """Wall-clock milliseconds of ``repeats`` forward passes after ``warmup`` untimed ones."""
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            module(x)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def quantile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
 def measure_latency(
     model: nn.Module,
     imgsz: int | tuple[int, int],
@@ -387,7 +405,7 @@ def split_images(data_yaml: str | Path, split: str = "val") -> tuple[Path, list[
     from ultralytics.data.utils import IMG_FORMATS
 
     data = _load_data(data_yaml, split)
-    base = _dataset_base(Path(data_yaml), data)
+    base = dataset_base(Path(data_yaml), data)
     files: list[Path] = []
     for item in data[split] if isinstance(data[split], list) else [data[split]]:
         target = (base / item).resolve()

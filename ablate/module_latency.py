@@ -10,29 +10,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import modules
 
-
-def time_forward(module: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> list[float]:
-    """Wall-clock milliseconds of ``repeats`` forward passes after ``warmup`` untimed ones."""
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            start = time.perf_counter()
-            module(x)
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1e3)
-    return times
-
-
-def quantile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+from .measure import quantile, time_forward
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,7 +96,7 @@ def run_dir(results_dir: Path, key: str) -> Path:
     return Path(results_dir) / RUNS / key
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
+def write_json_atomic(path: Path, data: Any) -> Path:
     """Write JSON to a temp file in the same directory, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
