@@ -204,6 +204,3 @@ def execute(exp: Experiment, cfg: DictConfig | None = None) -> RunRecord | None:
     write_record(directory, record)
     return record
 
-
-def results_path(exp: Experiment) -> Path:
-    return run_dir(exp.results_dir, run_key(exp.spec()))
