@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test lint format latency clean
+.PHONY: help install test lint format latency bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ format: install  ## ruff fix + format
 
 latency: install  ## per-module CPU forward latency at C=128, 80x80
 	$(BIN)/python -m ablate.module_latency
+
+bench: install  ## module complexity benchmark (all modules + timm/ultralytics peers) -> results/bench
+	$(BIN)/python -m ablate.bench
 
 clean:  ## remove generated results (keeps .venv)
 	rm -rf results/* .pytest_cache

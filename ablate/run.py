@@ -203,4 +203,3 @@ def execute(exp: Experiment, cfg: DictConfig | None = None) -> RunRecord | None:
     record.finished_at = now()
     write_record(directory, record)
     return record
-
