@@ -56,7 +56,7 @@ def fail_fast(model: torch.nn.Module, imgsz: int, exp: Experiment) -> None:
     size = max(stride, (imgsz + stride - 1) // stride * stride)  # as ultralytics rounds imgsz up
     try:
         with torch.no_grad():
-            model.train()(torch.zeros(2, 3, size, size))
+            model.train()(torch.zeros(1, 3, size, size))
             model.eval()(torch.zeros(1, 3, size, size))
     except Exception as e:
         raise AblateError(f"{exp.model} with attn={exp.attn} fails a forward at {size}px: {e}") from None
