@@ -143,9 +143,8 @@ def check_layers(d: dict[str, Any], layers: tuple[int, ...], model: str) -> None
             raise AblateError(f"layer index {i} is the {rows(d)[i][2]} head of {model}; valid: 0..{last - 1}")
 
 
-def attention_layers(d: dict[str, Any], model: nn.Module | None = None) -> list[int]:
+def attention_layers(model: nn.Module) -> list[int]:
     """Base indices whose block holds an attention that replace mode can swap."""
-    model = model if model is not None else build_model(d)
     return [i for i, layer in enumerate(model.model) if any(h.holds_attention(layer) for h in HOSTS.values())]
 
 
@@ -199,14 +198,13 @@ def replace_attention(
     d: dict[str, Any], placement: Placement, model: nn.Module, model_name: str
 ) -> dict[str, Any]:
     """Swap the attention inside the host blocks at ``placement.layers`` for ``placement.attn``."""
-    valid = attention_layers(d, model)
     out = copy.deepcopy(d)
     n_backbone = len(d["backbone"])
     for i in sorted(set(placement.layers)):
         layer = model.model[i]
         host = next((h for h in HOSTS.values() if h.holds_attention(layer)), None)
         if host is None:
-            where = ", ".join(map(str, valid)) or "none"
+            where = ", ".join(map(str, attention_layers(model))) or "none"
             raise AblateError(
                 f"pos.mode=replace: layer {i} of {model_name} ({type(layer).__name__}) holds no attention; "
                 f"layers with attention: {where}"

@@ -27,7 +27,6 @@ class Experiment:
 
     action: str
     model: str
-    family: str
     placement: Placement | None
     pos: str
     dataset: dict[str, Any]
@@ -142,7 +141,6 @@ def experiment_from_config(cfg: DictConfig) -> Experiment:
     return Experiment(
         action=action,
         model=str(cfg.model.name),
-        family=str(cfg.model.get("family", "")),
         placement=placement,
         pos=pos,
         dataset=resolve_dataset(cfg),
