@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test lint format latency bench clean
+.PHONY: help install test lint format latency bench table table-bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,14 @@ latency: install  ## per-module CPU forward latency at C=128, 80x80
 
 bench: install  ## module complexity benchmark (all modules + timm/ultralytics peers) -> results/bench
 	$(BIN)/python -m ablate.bench
+
+RESULTS ?= results
+WHERE ?=
+table: install  ## tables + figures from results/ (RESULTS=dir, WHERE="dataset=shapes attn=rala,fla")
+	$(BIN)/python -m ablate.table --results $(RESULTS) $(foreach w,$(WHERE),--where $(w))
+
+table-bench: install  ## time make table's work on 10,000 synthetic records
+	$(BIN)/python -m ablate.table_bench
 
 clean:  ## remove generated results (keeps .venv)
 	rm -rf results/* .pytest_cache

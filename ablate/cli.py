@@ -1,21 +1,26 @@
 """Command-line entry point: Hydra composes the config, ablate runs the experiment.
 
 User errors (unknown names, bad indices, missing files) print one line ``error: ...`` to stderr and
-exit with status 2, without a traceback and without writing results.
+exit with status 2, without a traceback and without writing results. In a multirun (``-m``) every job
+runs to an outcome (ok, cached or failed) and the sweep exits with status 1 when any job failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from . import sweep
 from .errors import AblateError
 from .records import RunRecord
 
@@ -64,25 +69,97 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def _uid() -> str:
+    return os.urandom(3).hex()
+
+
+# ${ablate_uid:} in hydra.{run,sweep}.dir: cached per config, so every job of a sweep sees the same value
+OmegaConf.register_new_resolver("ablate_uid", _uid, use_cache=True, replace=True)
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def job_label(cfg: DictConfig) -> str:
+    """``[3/12]`` for the third of twelve jobs of a sweep."""
+    hc = HydraConfig.get()
+    total = sweep.sweep_info(Path(hc.sweep.dir)).get("total", "?")
+    return f"[{int(hc.job.num) + 1}/{total}]"
+
+
+def place_job(cfg: DictConfig) -> None:
+    """Local parallel jobs (joblib): spread them over the visible GPUs, or split the CPU threads."""
+    hc = HydraConfig.get()
+    launcher = str(hc.launcher.get("_target_", ""))
+    if "joblib" not in launcher.lower():
+        return
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus > 0 and cfg.train.get("device") in (None, "", "auto"):
+        with open_dict(cfg):
+            cfg.train.device = int(hc.job.num) % gpus
+        log.info("job %s on GPU %s of %d", hc.job.num, cfg.train.device, gpus)
+    elif gpus == 0:
+        n_jobs = int(hc.launcher.get("n_jobs") or -1)
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // (cores if n_jobs < 1 else min(n_jobs, cores))))
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def run_job(cfg: DictConfig) -> float | None:
+    if in_multirun():
+        return sweep_job(cfg)
     from .experiment import experiment_from_config
     from .run import execute
 
     try:
         record = execute(experiment_from_config(cfg), cfg)
     except AblateError as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.error("error: %s", e)
-            return None
         fail(str(e))
         return None
     if record is None:
         return None
     print(summary_line(record, Path(cfg.results.dir) / "runs" / record.key))
-    if record.status != "ok" and HydraConfig.get().mode != RunMode.MULTIRUN:
+    if record.status != "ok":
         fail(f"run {record.key} failed: {record.error}")
     return record.map50_95
+
+
+def sweep_job(cfg: DictConfig) -> float | None:
+    """One job of a multirun: never raises; its outcome goes to ``outcome.json`` in the job directory."""
+    from .experiment import experiment_from_config
+    from .run import execute
+
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    label = job_label(cfg)
+    print(f"{label} {' '.join(overrides)}", flush=True)
+    start = time.perf_counter()
+    outcome = sweep.JobOutcome(status="failed", overrides=overrides)
+    record = None
+    try:
+        place_job(cfg)
+        exp = dataclasses.replace(experiment_from_config(cfg), sweep=Path(hc.sweep.dir).name)
+        outcome.key = exp.key
+        record = execute(exp, cfg, record_errors=True)
+        if record is None:  # action=inspect
+            outcome.status = "ok"
+        else:
+            outcome.status = "cached" if record.cached else record.status
+            outcome.error = record.error
+            outcome.summary = summary_line(record, Path(cfg.results.dir) / "runs" / record.key)
+    except AblateError as e:
+        outcome.error = str(e)
+    except Exception as e:  # anything else: recorded for the summary, the other jobs go on
+        outcome.error = f"{type(e).__name__}: {e}"
+        log.exception("job %s failed", label)
+    outcome.seconds = round(time.perf_counter() - start, 2)
+    sweep.write_outcome(Path(hc.runtime.output_dir), outcome)
+    detail = outcome.summary or f"{outcome.status}: {outcome.error}"
+    print(f"{label} {outcome.status} in {outcome.seconds:.1f}s: {detail}", flush=True)
+    return record.map50_95 if record is not None else None
 
 
 def main() -> None:
@@ -90,4 +167,7 @@ def main() -> None:
         check_group_overrides(sys.argv[1:])
     except AblateError as e:
         fail(str(e))
+    sweep.LAST_SWEEP = None
     run_job()
+    if sweep.LAST_SWEEP is not None and sweep.LAST_SWEEP.failed:
+        sys.exit(1)

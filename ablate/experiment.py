@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ import modules
 
 from .compose import Placement
 from .errors import AblateError
+from .records import run_key
+from .tracking import logger_settings
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ class Experiment:
     weights: str | None = None
     force: bool = False
     measure: dict[str, Any] = field(default_factory=dict)
+    sweep: str | None = None  # the multirun this run belongs to (its sweep directory's name)
+    logger: dict[str, Any] = field(default_factory=dict)  # tracking settings (not part of the run key)
 
     @property
     def attn(self) -> str:
@@ -59,6 +64,28 @@ class Experiment:
             "train": {k: v for k, v in self.train.items() if k not in EXECUTION_KEYS},
             "measure": {"imgsz": self.measure.get("imgsz"), "half": self.measure.get("half", False)},
         }
+
+    @property
+    def key(self) -> str:
+        """The run key: hash of :meth:`spec`."""
+        return run_key(self.spec())
+
+    @property
+    def config_key(self) -> str:
+        """The configuration across seeds: hash of :meth:`spec` without the seed."""
+        return run_key({k: v for k, v in self.spec().items() if k != "seed"})
+
+    @property
+    def train_settings(self) -> dict[str, Any]:
+        return {k: v for k, v in self.train.items() if k not in EXECUTION_KEYS}
+
+    @property
+    def train_hash(self) -> str:
+        return run_key(self.train_settings)
+
+    def baseline(self) -> Experiment:
+        """The same model, dataset, seed and settings without any attention: what this run is compared to."""
+        return dataclasses.replace(self, placement=None, pos="none")
 
 
 def _container(node: Any) -> Any:
@@ -151,4 +178,5 @@ def experiment_from_config(cfg: DictConfig) -> Experiment:
         weights=cfg.model.get("weights"),
         force=bool(cfg.get("force", False)),
         measure=measure,
+        logger=logger_settings(_container(cfg.get("logger"))),
     )

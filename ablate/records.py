@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 
 RECORD = "record.json"
 RUNS = "runs"
+LOCK = ".lock"
 
 
 @dataclass
@@ -39,6 +43,13 @@ class RunRecord:
     imgsz: int = 0
     batch: int = 0
     train: str = ""
+    # grouping keys (ablate.experiment): the configuration without its seed, the configuration of the
+    # matching baseline, and the training settings (runs with different settings are never averaged)
+    config_key: str = ""
+    baseline_key: str = ""
+    train_hash: str = ""
+    train_settings: dict[str, Any] = field(default_factory=dict)
+    sweep: str | None = None
     params: int | None = None
     map50: float | None = None
     map50_95: float | None = None
@@ -68,17 +79,25 @@ class RunRecord:
     ap_small: float | None = None
     ap_medium: float | None = None
     ap_large: float | None = None
+    # training resumed from ultralytics' last.pt of an interrupted attempt (its epoch), else None
+    resumed_from_epoch: int | None = None
+    # unix times of the job's steps: job_start, model_built, train_start, first_step, train_end
+    timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     git_sha: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
 
+    # not stored: set when a job reused an existing ok record instead of running
+    cached: bool = field(default=False, repr=False, metadata={"stored": False})
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        stored = {f.name for f in dataclasses.fields(self) if f.metadata.get("stored", True)}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in stored}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunRecord:
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls) if f.metadata.get("stored", True)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -116,12 +135,67 @@ def write_record(directory: Path, record: RunRecord) -> Path:
     return write_json_atomic(Path(directory) / RECORD, record.to_dict())
 
 
+def read_json(path: Path) -> Any:
+    """Parsed JSON of ``path``, or None when absent, truncated or invalid."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def read_record(directory: Path) -> RunRecord | None:
     """The record in ``directory``, or None when absent or unreadable."""
+    data = read_json(Path(directory) / RECORD)
     try:
-        return RunRecord.from_dict(json.loads((Path(directory) / RECORD).read_text()))
-    except (OSError, ValueError, TypeError):
+        return RunRecord.from_dict(data) if isinstance(data, dict) else None
+    except TypeError:
         return None
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed); yields whether we had to wait for it.
+
+    ``flock`` is released by the kernel when its holder dies (even by SIGKILL), so a killed job never
+    leaves a stale lock; on NFS, Linux maps it to POSIX record locks, which the lock manager shares
+    across machines.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        waited = False
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waited = True
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield waited
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def run_lock(directory: Path) -> AbstractContextManager[bool]:
+    """The run directory's lock, held while its run executes (two jobs never train one key twice)."""
+    return file_lock(Path(directory) / LOCK)
+
+
+def results_lock(results_dir: Path) -> AbstractContextManager[bool]:
+    """The results root's lock, held while the shared files (runs.csv, summary, tables, figures) change."""
+    return file_lock(Path(results_dir) / LOCK)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to a temp file in the same directory, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def versions() -> dict[str, str]:

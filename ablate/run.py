@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ from .compose import (
 )
 from .errors import AblateError
 from .experiment import Experiment
-from .records import RunRecord, git_sha, now, read_record, run_dir, run_key, versions, write_record
+from .records import RunRecord, git_sha, now, read_record, run_dir, run_lock, versions, write_record
+from .tracking import start_run
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +71,16 @@ def inspect_table(d: dict[str, Any], model: torch.nn.Module) -> str:
     return format_table(table)
 
 
-def base_record(exp: Experiment, key: str, model: torch.nn.Module, d: dict[str, Any]) -> RunRecord:
+def base_record(
+    exp: Experiment, key: str, model: torch.nn.Module | None, d: dict[str, Any] | None
+) -> RunRecord:
+    """The record's identity and settings (``model``/``d`` are None when the model did not build)."""
     p = exp.placement
     return RunRecord(
         key=key,
         action=exp.action,
         model=exp.model,
-        scale=next(iter(d["scales"])),
+        scale=next(iter(d["scales"])) if d else "",
         attn=exp.attn,
         attn_params=dict(p.attn_kwargs) if p else {},
         pos=exp.pos,
@@ -86,7 +92,12 @@ def base_record(exp: Experiment, key: str, model: torch.nn.Module, d: dict[str, 
         imgsz=int(exp.train["imgsz"]),
         batch=int(exp.train["batch"]),
         train=str(exp.train.get("name", "")),
-        params=count_params(model),
+        config_key=exp.config_key,
+        baseline_key=exp.baseline().config_key,
+        train_hash=exp.train_hash,
+        train_settings=exp.train_settings,
+        sweep=exp.sweep,
+        params=count_params(model) if model is not None else None,
         versions=versions(),
         git_sha=git_sha(),
         started_at=now(),
@@ -145,30 +156,67 @@ def materialize_dataset(exp: Experiment) -> str:
     return str(datasets.make_dataset(str(spec["name"]), exp.data_dir, seed=seed, **kwargs))
 
 
-def execute(exp: Experiment, cfg: DictConfig | None = None) -> RunRecord | None:
-    """Run one experiment. Returns its record (None for ``action=inspect``).
+def cached_record(exp: Experiment) -> RunRecord | None:
+    """The ``ok`` record of this experiment's run key, unless ``force`` asks for a re-run."""
+    previous = read_record(run_dir(exp.results_dir, exp.key))
+    if previous is not None and previous.status == "ok" and not exp.force:
+        previous.cached = True
+        return previous
+    return None
 
-    Bad input raises :class:`AblateError` before anything is written. Failures during training are
-    caught and recorded as ``status=failed`` with the error and a ``traceback.txt``.
+
+def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool = False) -> RunRecord | None:
+    """Run one experiment. Returns its record (None for ``action=inspect``; ``record.cached`` when reused).
+
+    Bad input raises :class:`AblateError` before anything is written, unless ``record_errors`` (sweeps):
+    then a model that does not build is recorded as ``failed`` like any other failure. Failures during
+    training are caught and recorded as ``status=failed`` with the error and a ``traceback.txt``. The run
+    directory is locked while the run executes, so two jobs with the same key never train it twice.
     """
+    started = time.time()
     names = dataset_names(exp.dataset)
-    d, model = composed_model(exp, len(names))
     if exp.action == "inspect":
+        d, model = composed_model(exp, len(names))
         print(f"{exp.model} + attn={exp.attn} pos={exp.pos}: {count_params(model):,} parameters")
         print(inspect_table(d, model))
         return None
+    cached = cached_record(exp)
+    if cached is not None:
+        log.info("cached: run %s already has an ok record (force=true re-runs)", cached.key)
+        return cached
+    try:
+        d, model = composed_model(exp, len(names))
+    except AblateError as e:
+        if not record_errors:
+            raise
+        return record_failure(exp, base_record(exp, exp.key, None, None), e)
 
-    key = run_key(exp.spec())
-    directory = run_dir(exp.results_dir, key)
-    previous = read_record(directory)
-    if previous is not None and previous.status == "ok" and not exp.force:
-        log.info("cached: %s already has an ok record (force=true re-runs)", directory)
-        return previous
+    directory = run_dir(exp.results_dir, exp.key)
+    with run_lock(directory) as waited:
+        if waited:
+            log.info("run %s was running in another job; waited for it", exp.key)
+            again = cached_record(dataclasses.replace(exp, force=False))
+            if again is not None:
+                return again
+        record = base_record(exp, exp.key, model, d)
+        record.timings["job_start"] = started
+        record.timings["model_built"] = time.time()
+        return run_locked(exp, cfg, record, d, model, directory)
 
-    record = base_record(exp, key, model, d)
-    directory.mkdir(parents=True, exist_ok=True)
+
+def run_locked(
+    exp: Experiment,
+    cfg: DictConfig | None,
+    record: RunRecord,
+    d: dict[str, Any],
+    model: torch.nn.Module,
+    directory: Path,
+) -> RunRecord:
+    """The run itself, with the run directory locked: files, training, measures, the record."""
     write_yaml(
-        d, directory / MODEL_YAML, header=f"ablate {exp.model} + attn={exp.attn} pos={exp.pos} key={key}"
+        d,
+        directory / MODEL_YAML,
+        header=f"ablate {exp.model} + attn={exp.attn} pos={exp.pos} key={record.key}",
     )
     if cfg is not None:
         (directory / CONFIG_YAML).write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -176,6 +224,7 @@ def execute(exp: Experiment, cfg: DictConfig | None = None) -> RunRecord | None:
         (directory / CONFIG_YAML).write_text(yaml.safe_dump(exp.spec(), sort_keys=False))
     for stale in ("record.json", "traceback.txt"):
         (directory / stale).unlink(missing_ok=True)
+    tracker = start_run(exp, record.key, exp.sweep, cfg)  # one wandb run per executed run (logger=none: off)
     try:
         if exp.action == "train":
             data_yaml = materialize_dataset(exp)
@@ -188,18 +237,36 @@ def execute(exp: Experiment, cfg: DictConfig | None = None) -> RunRecord | None:
                 exp.seed,
                 directory / ULTRALYTICS_DIR,
                 exp.weights,
+                callbacks=tracker.callbacks(),
+                resume=not exp.force,
             )
             for k in ("map50", "map50_95", "precision", "recall", "train_seconds", "peak_memory_train_mb"):
                 setattr(record, k, result[k])
+            record.resumed_from_epoch = result["resumed_from_epoch"]
+            record.timings.update(result["timings"])
             if exp.measure.get("coco_eval", True):
                 best = Path(result["save_dir"]) / "weights" / "best.pt"
                 record_ap_by_size(record, data_yaml, best, int(exp.train["imgsz"]), directory / PREDICTIONS)
         record_measures(record, model, exp.measure)
         record.status = "ok"
     except Exception as e:  # recorded, not raised: one failed run must not hide the others
-        record.status, record.error = "failed", f"{type(e).__name__}: {e}"
-        (directory / "traceback.txt").write_text(traceback.format_exc())
-        log.error("run %s failed: %s", key, record.error)
+        record = record_failure(exp, record, e)
+        tracker.finish(record)
+        return record
+    record.finished_at = now()
+    write_record(directory, record)
+    tracker.finish(record)
+    return record
+
+
+def record_failure(exp: Experiment, record: RunRecord, error: BaseException) -> RunRecord:
+    """Write a ``failed`` record with the error and ``traceback.txt`` into the run directory."""
+    directory = run_dir(exp.results_dir, record.key)
+    directory.mkdir(parents=True, exist_ok=True)
+    record.status, record.error = "failed", f"{type(error).__name__}: {error}"
+    text = "".join(traceback.format_exception(error))
+    (directory / "traceback.txt").write_text(text)
+    log.error("run %s failed: %s", record.key, record.error)
     record.finished_at = now()
     write_record(directory, record)
     return record

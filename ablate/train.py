@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ def offline_safe() -> None:
 
     for key, value in (("sync", False), ("hub", False), ("wandb", False)):
         if key in SETTINGS and SETTINGS[key] != value:
-            SETTINGS[key] = value  # in-memory only: the user's settings file is left alone
+            dict.__setitem__(SETTINGS, key, value)  # in memory only: SETTINGS[key] = … would save the file
 
     original = getattr(trainer_module.check_amp, "__wrapped_by_ablate__", trainer_module.check_amp)
 
@@ -64,6 +66,54 @@ def train_args(train: dict[str, Any], seed: int, project: Path) -> dict[str, Any
     return args
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss (ultralytics would otherwise retry and carry on)."""
+
+
+def nan_guard(trainer: Any) -> None:
+    """ultralytics callback (``on_train_epoch_end``): stop the run when the mean epoch loss is not finite."""
+    losses = trainer.tloss
+    if losses is None:
+        return
+    values = losses.values() if isinstance(losses, dict) else [losses]
+    flat = torch.cat([torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in values])
+    if not torch.isfinite(flat).all():
+        raise NonFiniteLossError(f"non-finite training loss {flat.tolist()} at epoch {trainer.epoch + 1}")
+
+
+def is_ddp(device: Any) -> bool:
+    """Whether ultralytics trains on several GPUs (``0,1`` or ``[0, 1]``) and so starts DDP workers."""
+    if isinstance(device, list | tuple):
+        return len(device) > 1
+    return isinstance(device, str) and len([d for d in device.split(",") if d.strip()]) > 1
+
+
+def resumable_epoch(last: Path) -> int | None:
+    """The epoch an interrupted run's ``last.pt`` can resume after, or None (absent, finished, corrupt)."""
+    if not last.is_file():
+        return None
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        epoch = int(ckpt.get("epoch", -1))
+    except Exception as e:  # a checkpoint cut short by a kill is not an error: start over
+        log.warning("ignoring unreadable %s (%s)", last, e)
+        return None
+    return epoch if epoch >= 0 else None
+
+
+def timing_callbacks(timings: dict[str, float]) -> dict[str, list[Callable[[Any], None]]]:
+    """Callbacks that note when training starts, when its first step starts, and when it ends."""
+
+    def first_step(trainer: Any) -> None:
+        timings.setdefault("first_step", time.time())
+
+    return {
+        "on_train_start": [lambda trainer: timings.setdefault("train_start", time.time())],
+        "on_train_batch_start": [first_step],
+        "on_train_end": [lambda trainer: timings.__setitem__("train_end", time.time())],
+    }
+
+
 def train_and_validate(
     model_yaml: Path,
     data_yaml: str,
@@ -71,26 +121,64 @@ def train_and_validate(
     seed: int,
     project: Path,
     weights: str | None = None,
+    callbacks: dict[str, list[Callable[[Any], None]]] | None = None,
+    resume: bool = True,
 ) -> dict[str, Any]:
-    """Train ``model_yaml`` on ``data_yaml`` with ultralytics; return final validation metrics and time."""
+    """Train ``model_yaml`` on ``data_yaml`` with ultralytics; return final validation metrics and time.
+
+    ``callbacks`` maps ultralytics event names (``on_fit_epoch_end``, ...) to extra callbacks. With
+    ``resume``, an interrupted earlier attempt in ``project`` (killed, preempted) continues from its
+    ``last.pt``; otherwise, or when that checkpoint is unusable, ``project`` is cleared and training starts
+    over. A non-finite loss stops training with :class:`NonFiniteLossError`.
+    """
     from ultralytics import YOLO
 
     import modules  # noqa: F401  (module classes must resolve when ultralytics parses the YAML)
 
     offline_safe()
-    model = YOLO(str(model_yaml), task="detect")
-    if weights:
-        model.load(weights)  # transfers every tensor whose name and shape match
+    last = project / "weights" / "last.pt"
+    resumed_from = resumable_epoch(last) if resume else None
+    args = train_args(train, seed, project)
+    if resumed_from is not None:
+        log.info("resuming the interrupted run in %s after epoch %d", project, resumed_from + 1)
+        model = YOLO(str(last), task="detect")
+        args["resume"] = True
+    else:
+        if project.exists():
+            shutil.rmtree(project)  # leftovers of an interrupted attempt
+        start_build = time.time()
+        model = YOLO(str(model_yaml), task="detect")
+        built = time.time()
+        if weights:
+            model.load(weights)  # transfers every tensor whose name and shape match
+    timings: dict[str, float] = {}
+    if resumed_from is None:
+        timings.update(ultralytics_build_start=start_build, ultralytics_model_built=built)
+    events: dict[str, list[Callable[[Any], None]]] = {"on_train_epoch_end": [nan_guard]}
+    extras = [timing_callbacks(timings), callbacks or {}]
+    if is_ddp(train.get("device")):
+        # ultralytics pickles the callbacks into its DDP workers, where closures over this process's
+        # state (timings, the wandb run) would act on copies: only the NaN guard goes along
+        log.info("DDP on devices %s: per-epoch tracking callbacks stay in this process", train.get("device"))
+        extras = []
+    for extra in extras:
+        for event, funcs in extra.items():
+            events.setdefault(event, []).extend(funcs)
+    for event, funcs in events.items():
+        for func in funcs:
+            model.add_callback(event, func)
     cuda = torch.cuda.is_available() and str(train.get("device")) not in ("cpu", "mps")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    model.train(data=data_yaml, **train_args(train, seed, project))
+    model.train(data=data_yaml, **args)
     seconds = time.perf_counter() - start
     metrics = dict(model.trainer.metrics or {})
     out: dict[str, Any] = {k: _float(metrics.get(v)) for k, v in METRICS.items()}
     out["train_seconds"] = round(seconds, 2)
     out["save_dir"] = str(model.trainer.save_dir)
+    out["resumed_from_epoch"] = None if resumed_from is None else resumed_from + 1
+    out["timings"] = timings
     out["peak_memory_train_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
     return out
 
