@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test lint format latency bench table table-bench clean
+.PHONY: help install demo test lint format latency bench table table-bench overhead clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,6 +16,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install ablate with dev extras (no-op when up to date)
+
+# the demo: baseline (added by the sweep) + five modules after the Detect inputs, embedded data, one seed
+DEMO ?= +attn=rala,halo,tssa,fla,area +pos=neck dataset=shapes seed=0
+
+demo: install  ## a small real ablation on the embedded data (baseline + 5 modules), then the table
+	@start=$$(date +%s); \
+	$(BIN)/python -m ablate $(DEMO) results.dir=$(RESULTS) hydra.callbacks.sweep_summary.table=false -m; \
+	status=$$?; \
+	$(BIN)/python -m ablate.table --results $(RESULTS) || status=$$?; \
+	echo "demo finished in $$(( $$(date +%s) - start )) s"; exit $$status
 
 test: install  ## run the test suite
 	$(BIN)/python -m pytest
@@ -41,6 +51,9 @@ table: install  ## tables + figures from results/ (RESULTS=dir, WHERE="dataset=s
 
 table-bench: install  ## time make table's work on 10,000 synthetic records
 	$(BIN)/python -m ablate.table_bench
+
+overhead: install  ## sweep orchestration overhead per job (launch -> first training step)
+	$(BIN)/python -m ablate.overhead_bench
 
 clean:  ## remove generated results (keeps .venv)
 	rm -rf results/* .pytest_cache

@@ -463,32 +463,16 @@ def _with_metrics(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def t_test_p(t: Any, df: Any) -> np.ndarray:
-    """Two-sided p value P(|T| ≥ |t|) of Student's t with integer ``df`` ≥ 1 degrees of freedom.
+    """Two-sided p value P(|T| ≥ |t|) of Student's t with ``df`` ≥ 1 degrees of freedom (scipy's ``stdtr``).
 
-    Exact closed form for integer df (Abramowitz & Stegun 26.7.3 and 26.7.4, θ = atan(|t|/√df)):
-    P(|T| < t) = sinθ·Σ_{j<df/2} a_j cos^{2j}θ for even df (a_0 = 1, a_j = a_{j-1}(2j-1)/(2j)), and
-    (2/π)(θ + sinθ cosθ·Σ_{j≤(df-3)/2} b_j cos^{2j}θ) for odd df (b_0 = 1, b_j = b_{j-1}·2j/(2j+1)).
-    NaN where ``df`` is not a positive integer or ``t`` is NaN. (scipy.special.stdtr gives the same, but
-    importing scipy costs a quarter of a second; the tests compare the two.)
+    NaN where ``df`` < 1 or ``t`` is NaN.
     """
+    from scipy.special import stdtr
+
     t, df = np.broadcast_arrays(np.abs(np.asarray(t, float)), np.asarray(df, float))
-    valid = (df >= 1) & (np.floor(df) == df) & ~np.isnan(t)
-    nu = np.where(valid, df, 1.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        theta = np.arctan(np.where(valid, t, 0.0) / np.sqrt(nu))
-    sin, cos = np.sin(theta), np.cos(theta)
-    c2 = cos * cos
-    even = nu % 2 == 0
-    total = np.ones_like(theta)  # Σ of the series, term j = 0
-    term = np.ones_like(theta)
-    for j in range(1, int(nu.max()) // 2 + 1):
-        factor = np.where(even, (2 * j - 1) / (2 * j), 2 * j / (2 * j + 1))
-        last = np.where(even, (nu - 2) / 2, (nu - 3) / 2)  # index of the series' last term
-        term = term * factor * c2
-        total = total + np.where(j <= last, term, 0.0)
-    odd_sum = np.where(nu > 1, sin * cos * total, 0.0)
-    inside = np.where(even, sin * total, 2 / np.pi * (theta + odd_sum))
-    return np.where(valid, np.clip(1.0 - inside, 0.0, 1.0), np.nan)
+    valid = (df >= 1) & ~np.isnan(t)
+    p = 2.0 * stdtr(np.where(valid, df, 1.0), -np.where(valid, t, 0.0))
+    return np.where(valid, np.clip(p, 0.0, 1.0), np.nan)
 
 
 def _delta_columns(m: str) -> list[str]:
