@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install ablate with dev extras (no-op when up to date)
 
-# the demo: baseline (added by the sweep) + five modules after the Detect inputs, embedded data, one seed
-DEMO ?= +attn=rala,halo,tssa,fla,area +pos=neck dataset=shapes seed=0
+# the demo: baseline (added by the sweep) + five modules after the Detect inputs, embedded data, one seed;
+# two jobs at a time with one thread each (a 96 px yolo12n keeps barely one core busy)
+DEMO ?= +attn=rala,halo,tssa,fla,area +pos=neck dataset=shapes seed=0 hydra/launcher=joblib hydra.launcher.n_jobs=2
 
 demo: install  ## a small real ablation on the embedded data (baseline + 5 modules), then the table
 	@start=$$(date +%s); \
