@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
 from ablate import table
@@ -237,9 +238,14 @@ def test_one_seed_and_missing_baseline(
     )
     odd = _summary_row(report, HASH_Q, "odd_set", "tssa", "p4")
     assert odd["delta_map50_95_n"] == 0 and math.isnan(odd["delta_map50_95"])
-    # the recorded settings equal conf/train/quick.yaml's except epochs? no: only differing ones are added
+    # only the recorded settings that differ from conf/train/quick.yaml become overrides (the fixture's
+    # records have 40 epochs, imgsz 96, batch 8)
+    preset = yaml.safe_load((Path(table.__file__).parents[1] / "conf/train/quick.yaml").read_text())
+    differing = "".join(
+        f" train.{k}={v}" for k, v in (("epochs", 40), ("imgsz", 96), ("batch", 8)) if preset[k] != v
+    )
     assert report.baseline_commands == [
-        "python -m ablate model=yolo12n dataset=odd_set train=quick seed=0,1 -m"
+        f"python -m ablate model=yolo12n dataset=odd_set train=quick{differing} seed=0,1 -m"
     ]
     with caplog.at_level(logging.WARNING, logger="ablate.table"):
         table.make_tables(results, figures=False)
