@@ -809,6 +809,19 @@ def _notes(table: Table, latex: bool) -> list[str]:
     return notes
 
 
+def _value_cells(table: Table, row: Row, latex: bool) -> list[str]:
+    """A row's measure cells, then its AP cells per dataset, as LaTeX or Markdown text."""
+    cells = [
+        _cell_text(row.cells[("", m)], table.decimals[m], row.cells[("", m)].n, latex, True)
+        for m, _, _ in MEASURE_COLUMNS
+    ]
+    return cells + [
+        _cell_text(row.cells[(ds, m)], 1, table.n_modal, latex)
+        for ds in table.datasets
+        for m, _ in AP_COLUMNS
+    ]
+
+
 def to_latex(table: Table) -> str:
     """The booktabs table (needs ``\\usepackage{booktabs}`` only)."""
     nd = len(table.datasets)
@@ -845,15 +858,7 @@ def to_latex(table: Table) -> str:
         lines.append(rf"\multicolumn{{{ncols}}}{{l}}{{\textit{{{latex_escape(block.label)}}}}} \\")
         for row in block.rows:
             cells = [latex_escape(row.pos) if not row.baseline else "---", latex_escape(row.attn)]
-            cells += [
-                _cell_text(row.cells[("", m)], table.decimals[m], row.cells[("", m)].n, True, True)
-                for m, _, _ in MEASURE_COLUMNS
-            ]
-            cells += [
-                _cell_text(row.cells[(ds, m)], 1, table.n_modal, True)
-                for ds in table.datasets
-                for m, _ in AP_COLUMNS
-            ]
+            cells += _value_cells(table, row, latex=True)
             lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"{\footnotesize\raggedright"]
     lines.append(" \\\\\n".join(_notes(table, True)))
@@ -871,16 +876,7 @@ def to_markdown(table: Table) -> str:
         out += [f"**{block.label}**", "", "| " + " | ".join(names) + " |"]
         out.append("|" + "|".join([":--", ":--"] + ["--:"] * (len(names) - 2)) + "|")
         for row in block.rows:
-            cells = [row.pos, row.attn]
-            cells += [
-                _cell_text(row.cells[("", m)], table.decimals[m], row.cells[("", m)].n, False, True)
-                for m, _, _ in MEASURE_COLUMNS
-            ]
-            cells += [
-                _cell_text(row.cells[(ds, m)], 1, table.n_modal, False)
-                for ds in table.datasets
-                for m, _ in AP_COLUMNS
-            ]
+            cells = [row.pos, row.attn, *_value_cells(table, row, latex=False)]
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         out.append("")
     out += [f"- {note}" for note in _notes(table, False)]
