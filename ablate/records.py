@@ -116,19 +116,8 @@ def run_dir(results_dir: Path, key: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write JSON to a temp file in the same directory, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` as JSON atomically (see :func:`write_text_atomic`)."""
+    return write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def write_record(directory: Path, record: RunRecord) -> Path:
@@ -185,12 +174,15 @@ def results_lock(results_dir: Path) -> AbstractContextManager[bool]:
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to a temp file in the same directory, then rename it over ``path``."""
+    """Write ``text`` to a temp file in the same directory, fsync, then rename it over ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
