@@ -246,6 +246,18 @@ def marks(d: dict[str, Any]) -> dict[int, str]:
     return {i: names[r[2]] for i, r in enumerate(rows(d)) if r[2] in names}
 
 
+def base_indices(d: dict[str, Any]) -> dict[int, int]:
+    """Base-model index -> composed-model index of the same layer, read off a composed YAML dict.
+
+    Every row of a composed model is a base row, in base order, except the rows insert mode added
+    (:func:`marks` ``inserted``); replaced hosts keep their index. So base layer ``j`` is the ``j``-th
+    row that was not inserted. The base model itself maps to itself.
+    """
+    inserted = {i for i, m in marks(d).items() if m == "inserted"}
+    kept = [i for i in range(len(rows(d))) if i not in inserted]
+    return dict(enumerate(kept))
+
+
 def write_yaml(d: dict[str, Any], path: Path, header: str = "") -> Path:
     """Write a composed model YAML laid out like ultralytics' own files: one flow-style row per layer."""
     lines = [f"# {line}" for line in header.splitlines()]

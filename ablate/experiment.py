@@ -37,7 +37,9 @@ class Experiment:
     train: dict[str, Any]
     results_dir: Path
     data_dir: Path
-    weights: str | None = None
+    weights: str | None = None  # resolved path of the base checkpoint (model.weights)
+    weights_sha256: str | None = None
+    weights_strict: bool = True
     force: bool = False
     measure: dict[str, Any] = field(default_factory=dict)
     sweep: str | None = None  # the multirun this run belongs to (its sweep directory's name)
@@ -53,7 +55,9 @@ class Experiment:
         return {
             "action": "train" if self.action == "inspect" else self.action,
             "model": self.model,
-            "weights": self.weights,
+            "weights": {"sha256": self.weights_sha256, "strict": self.weights_strict}
+            if self.weights
+            else None,
             "attn": self.attn,
             "attn_params": dict(p.attn_kwargs) if p else {},
             "gamma": p.gamma if p and p.mode == "after" else None,
@@ -151,6 +155,44 @@ def check_train(train: dict[str, Any]) -> None:
             raise AblateError(f"train.{key}={value!r} is not valid; it must be a positive integer")
 
 
+def check_device(key: str, value: Any) -> None:
+    """Reject a device this machine does not have (``cuda:7`` on a 1-GPU or CPU-only machine), naming the
+    valid ones. Accepts what ultralytics accepts: null/'' (auto), cpu, mps, 0, '0,1', [0, 1], cuda:0, -1."""
+    if value is None or str(value).strip() == "":
+        return
+    import torch
+
+    text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+    text = text.strip().lower().replace("cuda:", "")
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    n = torch.cuda.device_count()
+    if text == "cpu" or (text == "mps" and mps):
+        return
+    parts = [p.strip() for p in ("0" if text == "cuda" else text).split(",")]
+    if n and all(p == "-1" or (p.isdigit() and int(p) < n) for p in parts):
+        return
+    valid = [
+        "cpu",
+        *([f"0..{n - 1} (CUDA)" if n > 1 else "0 (CUDA)"] if n else []),
+        *(["mps"] if mps else []),
+    ]
+    raise AblateError(f"{key}={value!r} is not available on this machine; valid: {', '.join(valid)}")
+
+
+def resolve_weights(cfg: DictConfig) -> tuple[str | None, str | None, bool]:
+    """``model.weights`` as (resolved path, sha256, strict); the file must exist and be readable."""
+    from .weights import check_weights_file, file_sha256
+
+    value = cfg.model.get("weights")
+    strict = cfg.model.get("weights_strict", True)
+    if not isinstance(strict, bool):
+        raise AblateError(f"model.weights_strict={strict!r} is not valid; valid: true, false")
+    if value is None or str(value) == "":
+        return None, None, strict
+    path = check_weights_file(value)
+    return str(path), file_sha256(path), strict
+
+
 def experiment_from_config(cfg: DictConfig) -> Experiment:
     """Validate ``cfg`` and resolve it into an :class:`Experiment` (raises AblateError on bad input)."""
     action = _choice(cfg.get("action", "train"), "action", ACTIONS)
@@ -159,12 +201,15 @@ def experiment_from_config(cfg: DictConfig) -> Experiment:
         raise AblateError(f"seed={seed!r} is not valid; it must be a non-negative integer")
     train = _container(cfg.train) or {}
     check_train(train)
+    check_device("train.device", train.get("device"))
     placement, pos = resolve_placement(cfg)
     measure = _container(cfg.get("measure")) or {}
     measure["imgsz"] = measure.get("imgsz") or train["imgsz"]
     measure["device"] = measure.get("device") or train.get("device") or "cpu"
     if isinstance(measure["imgsz"], bool) or not isinstance(measure["imgsz"], int) or measure["imgsz"] <= 0:
         raise AblateError(f"measure.imgsz={measure['imgsz']!r} is not valid; it must be a positive integer")
+    check_device("measure.device", measure["device"])
+    weights, weights_sha256, weights_strict = resolve_weights(cfg)
     return Experiment(
         action=action,
         model=str(cfg.model.name),
@@ -175,7 +220,9 @@ def experiment_from_config(cfg: DictConfig) -> Experiment:
         train=train,
         results_dir=Path(str(cfg.results.dir)).expanduser().resolve(),
         data_dir=Path(str(cfg.data.dir)).expanduser().resolve(),
-        weights=cfg.model.get("weights"),
+        weights=weights,
+        weights_sha256=weights_sha256,
+        weights_strict=weights_strict,
         force=bool(cfg.get("force", False)),
         measure=measure,
         logger=logger_settings(_container(cfg.get("logger"))),

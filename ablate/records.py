@@ -34,6 +34,7 @@ class RunRecord:
     scale: str = ""
     attn: str = "none"
     attn_params: dict[str, Any] = field(default_factory=dict)
+    attn_variant: str = ""  # what sets this module apart from its paper's defaults, e.g. "no RoPE"
     pos: str = "none"
     layers: list[int] = field(default_factory=list)
     mode: str = "none"
@@ -50,6 +51,12 @@ class RunRecord:
     train_hash: str = ""
     train_settings: dict[str, Any] = field(default_factory=dict)
     sweep: str | None = None
+    # the base checkpoint the run started from (model.weights) and where its tensors went (ablate.weights)
+    weights_path: str | None = None
+    weights_sha256: str | None = None
+    weights_transferred: int | None = None
+    weights_total: int | None = None
+    weights_skipped: list[dict[str, str]] = field(default_factory=list)
     params: int | None = None
     map50: float | None = None
     map50_95: float | None = None

@@ -13,6 +13,8 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+import modules
+
 from . import datasets
 from .compose import (
     base_model_yaml,
@@ -28,6 +30,7 @@ from .errors import AblateError
 from .experiment import Experiment
 from .records import RunRecord, git_sha, now, read_record, run_dir, run_lock, versions, write_record
 from .tracking import start_run
+from .weights import Transfer, plan_transfer, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +57,35 @@ def composed_model(exp: Experiment, nc: int) -> tuple[dict[str, Any], torch.nn.M
 
 
 def fail_fast(model: torch.nn.Module, imgsz: int, exp: Experiment) -> None:
-    """One forward (train and eval mode) at the run's image size, before any dataset work."""
+    """One forward (train and eval mode) at the run's image size, before any dataset work.
+
+    The model is left as it was: the train-mode forward's BatchNorm statistics are put back.
+    """
     stride = int(max(model.stride))
     size = max(stride, (imgsz + stride - 1) // stride * stride)  # as ultralytics rounds imgsz up
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         with torch.no_grad():
             model.train()(torch.zeros(1, 3, size, size))
             model.eval()(torch.zeros(1, 3, size, size))
     except Exception as e:
         raise AblateError(f"{exp.model} with attn={exp.attn} fails a forward at {size}px: {e}") from None
+    finally:
+        model.load_state_dict(buffers)
+
+
+def weights_transfer(exp: Experiment, d: dict[str, Any], model: torch.nn.Module) -> Transfer | None:
+    """Where the base checkpoint's tensors go in the composed model (None without ``model.weights``).
+
+    Raises AblateError for a file that is no checkpoint or, when strict, a tensor that cannot be placed.
+    """
+    if not exp.weights:
+        return None
+    ckpt = read_checkpoint(Path(exp.weights))
+    base = build_model(base_model_yaml(exp.model, int(d["nc"])))
+    transfer = plan_transfer(ckpt, base, d, model, exp.model, strict=exp.weights_strict)
+    log.info("%s", transfer.line())
+    return transfer
 
 
 def inspect_table(d: dict[str, Any], model: torch.nn.Module) -> str:
@@ -83,6 +106,7 @@ def base_record(
         scale=next(iter(d["scales"])) if d else "",
         attn=exp.attn,
         attn_params=dict(p.attn_kwargs) if p else {},
+        attn_variant=modules.variant(p.attn, p.attn_kwargs) if p else "",
         pos=exp.pos,
         layers=list(p.layers) if p else [],
         mode=p.mode if p else "none",
@@ -177,8 +201,11 @@ def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool 
     names = dataset_names(exp.dataset)
     if exp.action == "inspect":
         d, model = composed_model(exp, len(names))
+        transfer = weights_transfer(exp, d, model)
         print(f"{exp.model} + attn={exp.attn} pos={exp.pos}: {count_params(model):,} parameters")
         print(inspect_table(d, model))
+        if transfer is not None:
+            print(transfer.line())
         return None
     cached = cached_record(exp)
     if cached is not None:
@@ -186,6 +213,7 @@ def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool 
         return cached
     try:
         d, model = composed_model(exp, len(names))
+        transfer = weights_transfer(exp, d, model)
     except AblateError as e:
         if not record_errors:
             raise
@@ -199,9 +227,12 @@ def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool 
             if again is not None:
                 return again
         record = base_record(exp, exp.key, model, d)
+        if transfer is not None:
+            for k, v in transfer.record_fields().items():
+                setattr(record, k, v)
         record.timings["job_start"] = started
         record.timings["model_built"] = time.time()
-        return run_locked(exp, cfg, record, d, model, directory)
+        return run_locked(exp, cfg, record, d, model, directory, transfer)
 
 
 def run_locked(
@@ -211,6 +242,7 @@ def run_locked(
     d: dict[str, Any],
     model: torch.nn.Module,
     directory: Path,
+    transfer: Transfer | None = None,
 ) -> RunRecord:
     """The run itself, with the run directory locked: files, training, measures, the record."""
     write_yaml(
@@ -236,7 +268,7 @@ def run_locked(
                 exp.train,
                 exp.seed,
                 directory / ULTRALYTICS_DIR,
-                exp.weights,
+                initial_state=transfer.state if transfer is not None else None,
                 callbacks=tracker.callbacks(),
                 resume=not exp.force,
             )

@@ -112,6 +112,7 @@ CONFIG_COLUMNS = (
     "mode",
     "attn",
     "attn_params",
+    "attn_variant",
     "train",
     "train_hash",
     "epochs",
@@ -559,7 +560,10 @@ def _label(s: pd.DataFrame, train_notes: Mapping[str, str] | None = None) -> pd.
     pos_label = s["pos"].astype(str).where(s["pos"] != "custom", "custom " + s["layers"].astype(str))
     pos_label = pos_label.where(s["mode"] != "replace", pos_label + " (replace)")
     s["pos_label"] = pos_label.where(~s["is_baseline"], DASH)
-    attn = s["attn"].astype(str)
+    variant = (
+        s["attn_variant"].fillna("").astype(str) if "attn_variant" in s else pd.Series("", index=s.index)
+    )
+    attn = s["attn"].astype(str).where(variant == "", s["attn"].astype(str) + " (" + variant + ")")
     params = pd.Series([v if isinstance(v, str) else "{}" for v in s["attn_params"]], index=s.index)
     # hyper-parameter variants of one module at one position: name the parameters
     ambiguous = s.groupby(["block", "pos_label", "attn"])["attn_params"].transform("nunique") > 1

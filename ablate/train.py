@@ -120,13 +120,17 @@ def train_and_validate(
     train: dict[str, Any],
     seed: int,
     project: Path,
-    weights: str | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
     callbacks: dict[str, list[Callable[[Any], None]]] | None = None,
     resume: bool = True,
 ) -> dict[str, Any]:
     """Train ``model_yaml`` on ``data_yaml`` with ultralytics; return final validation metrics and time.
 
-    ``callbacks`` maps ultralytics event names (``on_fit_epoch_end``, ...) to extra callbacks. With
+    ``initial_state`` (composed-model names, from :func:`ablate.weights.plan_transfer`) starts training
+    from pretrained tensors: the model is built under ``seed`` (so what is not transferred is initialised
+    by the seed, as without weights), the tensors are loaded, and ultralytics' trainer seeds its model from
+    it (:class:`ablate.trainer.AblateTrainer` checks that every tensor arrives). ``callbacks`` maps
+    ultralytics event names (``on_fit_epoch_end``, ...) to extra callbacks. With
     ``resume``, an interrupted earlier attempt in ``project`` (killed, preempted) continues from its
     ``last.pt``; otherwise, or when that checkpoint is unusable, ``project`` is cleared and training starts
     over. A non-finite loss stops training with :class:`NonFiniteLossError`.
@@ -134,6 +138,8 @@ def train_and_validate(
     from ultralytics import YOLO
 
     import modules  # noqa: F401  (module classes must resolve when ultralytics parses the YAML)
+
+    from .trainer import AblateTrainer
 
     offline_safe()
     last = project / "weights" / "last.pt"
@@ -147,10 +153,13 @@ def train_and_validate(
         if project.exists():
             shutil.rmtree(project)  # leftovers of an interrupted attempt
         start_build = time.time()
-        model = YOLO(str(model_yaml), task="detect")
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = YOLO(str(model_yaml), task="detect")
         built = time.time()
-        if weights:
-            model.load(weights)  # transfers every tensor whose name and shape match
+        if initial_state is not None:
+            model.model.load_state_dict(initial_state, strict=False)
+            model.load(model.model)  # ultralytics' trainer now seeds its model from this one
     timings: dict[str, float] = {}
     if resumed_from is None:
         timings.update(ultralytics_build_start=start_build, ultralytics_model_built=built)
@@ -171,7 +180,7 @@ def train_and_validate(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    model.train(data=data_yaml, **args)
+    model.train(data=data_yaml, trainer=AblateTrainer, **args)
     seconds = time.perf_counter() - start
     metrics = dict(model.trainer.metrics or {})
     out: dict[str, Any] = {k: _float(metrics.get(v)) for k, v in METRICS.items()}

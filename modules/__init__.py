@@ -3,7 +3,8 @@
 Importing this package registers every module class in ultralytics' model-YAML namespace, so a
 model YAML row such as ``[-1, 1, RALA, [128]]`` or ``[-1, 1, AttentionResidual, [128, rala]]``
 builds through ``ultralytics.YOLO(yaml)`` without editing ultralytics' files (see
-:func:`register_with_ultralytics`).
+:func:`register_with_ultralytics`), and allows the classes in torch's weights-only loading, so
+checkpoints load under ``ULTRALYTICS_SAFE_LOAD=1`` (:func:`register_safe_globals`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from .fla import FocusedLinearAttention
 from .halo import HaloAttention
 from .mhsa import MHSA
 from .rala import RALA
-from .registry import UnknownModuleError, available, build, get, registered_classes
+from .registry import UnknownModuleError, available, build, get, registered_classes, variant
 from .residual import AttentionResidual
-from .ultralytics_names import register_with_ultralytics
+from .ultralytics_names import register_safe_globals, register_with_ultralytics
 
 __all__ = [
     "MHSA",
@@ -30,10 +31,13 @@ __all__ = [
     "available",
     "build",
     "get",
+    "register_safe_globals",
     "register_with_ultralytics",
     "registered_classes",
+    "variant",
 ]
 
 from .tssa import TSSA  # noqa: E402
 
 register_with_ultralytics()
+register_safe_globals()

@@ -46,12 +46,16 @@ class FocusedLinearAttention(nn.Module):
     ``scale`` initialised to 0, norms over all C channels) sharpens q and k; then per head
     ``y_i = φ(q_i)·(mean_j φ(k_j) v_jᵀ) / (φ(q_i)·mean_j φ(k_j) + ε)``, computed in at least float32.
     Rank restoration: ``y += DWC(v)``, a k×k depthwise convolution over the V map whose d filters are
-    shared by all heads as in the official code (with ``sr_ratio > 1`` the reduced V map is bilinearly
-    resized to H×W first); then a 1×1 output projection.
+    shared by all heads as in the official code; then a 1×1 output projection. With ``sr_ratio > 1``
+    the reduced V, as the official code does it, is resized back to N tokens by 1-D linear interpolation
+    over the raster-ordered token sequence (per head and channel, ``align_corners=False``), not by a 2-D
+    resize of the map; the reduction's LayerNorm has the official eps 1e-5.
 
-    Deviation from the official code: its learned positional encoding of fixed length ``num_patches``
-    is dropped, so nothing depends on the input size (the DWC carries position). H ≠ W is fine, and
-    maps smaller than ``sr_ratio`` are replicate-padded to a multiple of it before the reduction.
+    Deviations from the official code: its learned positional encoding of fixed length ``num_patches``
+    is dropped, so nothing depends on the input size (the DWC carries position). H ≠ W is fine. Maps
+    whose sides are not multiples of ``sr_ratio`` are replicate-padded to the next multiple before the
+    strided reduction (the official strided conv drops the remainder rows and columns; on multiples
+    both are the same function).
 
     Cost: O(N·C²) for the 1×1 convolutions (4·N·C² at sr_ratio 1), O(N·C·d) for the attention core,
     O(k²·N·C) for the DWC: linear in N = H·W; extra memory O(N·C) plus d×d per head.
@@ -92,7 +96,7 @@ class FocusedLinearAttention(nn.Module):
         self.kv = nn.Conv2d(channels, 2 * channels, 1)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(channels, channels, sr_ratio, stride=sr_ratio)
-            self.norm = LayerNorm2d(channels)
+            self.norm = LayerNorm2d(channels, eps=1e-5)  # nn.LayerNorm's default, as the official code
         self.scale = nn.Parameter(torch.zeros(channels))
         d = self.head_dim
         self.dwc = nn.Conv2d(d, d, kernel_size, padding=kernel_size // 2, groups=d)
@@ -125,7 +129,8 @@ class FocusedLinearAttention(nn.Module):
         b, c, h, w = x.shape
         k, v = self.kv(self.reduce(x)).chunk(2, dim=1)
         y = self.attend(self.q(x), k, v)
-        if v.shape[-2:] != (h, w):
-            v = F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False)
+        v = v.reshape(b * self.num_heads, self.head_dim, -1)  # per head: d channels over the raster tokens
+        if v.shape[-1] != h * w:  # sr_ratio > 1: the official 1-D resize of the reduced token sequence
+            v = F.interpolate(v, size=h * w, mode="linear", align_corners=False)
         y = y + self.dwc(v.reshape(b * self.num_heads, self.head_dim, h, w)).reshape(b, c, h, w)
         return self.proj(y)

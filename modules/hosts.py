@@ -2,8 +2,9 @@
 
 ``pos.mode=replace`` writes one of these classes into the composed model YAML in place of the original
 block. Each is a subclass of the ultralytics block that builds the block as usual, then replaces the
-attention of every inner attention block with ``modules.build(attn, dim, num_heads=<same heads>)``.
-Everything else (convolutions, MLPs, residual scales) is the ultralytics block's own.
+attention of every inner attention block with ``modules.build(attn, dim, num_heads=<same heads>)``,
+initialised the way the host initialises its own attention. Everything else (convolutions, MLPs,
+residual scales) is the ultralytics block's own.
 
 Because parse_model passes YAML arguments of unknown classes as written, the YAML row holds the block's
 resolved arguments for the chosen scale; :meth:`yaml_args` reads them off a built base block.
@@ -19,7 +20,24 @@ from ultralytics.nn.modules.block import C2PSA, A2C2f, ABlock, PSABlock
 
 from .registry import build, get
 
-__all__ = ["HOSTS", "A2C2fSwap", "C2PSASwap"]
+__all__ = ["HOSTS", "A2C2fSwap", "C2PSASwap", "init_like_ablock"]
+
+
+def init_like_ablock(module: nn.Module) -> nn.Module:
+    """YOLO12's attention initialisation (``ABlock._init_weights``) applied to a swapped-in module.
+
+    ``ABlock`` initialises every convolution of its attention with trunc_normal(std 0.02) and zero bias
+    while it is built; a module swapped in afterwards would otherwise keep PyTorch's default init (for a
+    1×1 conv at 64 channels, std ≈ 0.072). Linear layers (``halo``'s projections) are the same map
+    written differently and get the same init; other parameters (position tables, temperatures,
+    focusing scales) keep the module's own.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
 
 
 def module_kwargs(attn: str, attn_kwargs: dict | None, dim: int, heads: int, area: int | None = None) -> dict:
@@ -35,6 +53,9 @@ def module_kwargs(attn: str, attn_kwargs: dict | None, dim: int, heads: int, are
 
 class A2C2fSwap(A2C2f):
     """YOLO12's R-ELAN block (``A2C2f`` with area attention) with another attention in every ``ABlock``.
+
+    The swapped-in attention is initialised as ``ABlock`` initialises its own (:func:`init_like_ablock`),
+    so ``attn=area`` gives stock YOLO12 at initialisation.
 
     Args:
         c1, c2, n, a2, area, residual, mlp_ratio: as ``ultralytics...A2C2f`` (resolved for the scale).
@@ -64,11 +85,16 @@ class A2C2fSwap(A2C2f):
             if isinstance(block, ABlock):
                 dim = block.attn.num_heads * block.attn.head_dim
                 kwargs = module_kwargs(attn, attn_kwargs, dim, block.attn.num_heads, block.attn.area)
-                block.attn = build(attn, dim, **kwargs)
+                block.attn = init_like_ablock(build(attn, dim, **kwargs))
 
     @staticmethod
     def holds_attention(layer: nn.Module) -> bool:
         return type(layer) is A2C2f and any(isinstance(b, ABlock) for b in layer.modules())
+
+    @staticmethod
+    def attention_paths(layer: nn.Module) -> list[str]:
+        """Paths (inside the block) of the attention modules that replace mode swaps."""
+        return [f"{name}.attn" for name, b in layer.named_modules() if isinstance(b, ABlock)]
 
     @staticmethod
     def attention_dims(layer: nn.Module) -> list[tuple[int, int, int]]:
@@ -103,6 +129,9 @@ class A2C2fSwap(A2C2f):
 class C2PSASwap(C2PSA):
     """YOLO11's ``C2PSA`` block with another attention in every ``PSABlock``.
 
+    ``PSABlock`` has no initialisation of its own (its ``Attention`` keeps PyTorch's defaults), so the
+    swapped-in module keeps its own defaults too.
+
     Args:
         c1, c2, n, e: as ``ultralytics...C2PSA`` (resolved for the scale).
         attn (str): registry name of the attention that replaces ultralytics' ``Attention``.
@@ -131,6 +160,10 @@ class C2PSASwap(C2PSA):
     @staticmethod
     def holds_attention(layer: nn.Module) -> bool:
         return type(layer) is C2PSA
+
+    @staticmethod
+    def attention_paths(layer: nn.Module) -> list[str]:
+        return [f"m.{i}.attn" for i, b in enumerate(layer.m) if isinstance(b, PSABlock)]
 
     @staticmethod
     def attention_dims(layer: nn.Module) -> list[tuple[int, int, int | None]]:

@@ -50,28 +50,28 @@ class RALA(nn.Module):
 
     One 1×1 convolution makes Q, K, V, O. Per head, q = ELU(Q)+1, k = ELU(K)+1, and the keys are
     re-weighted by a softmax over tokens driven by the mean query: ``α = softmax_j(d^-½ q̄·k_j)``. Then
-    ``y_i = q_i·(Σ_j α_j k_j v_jᵀ) / (q_i·Σ_j α_j k_j + ε)``, which equals the explicit weighted form
-    ``Σ_j α_j (q_i·k_j) v_j / Σ_j α_j (q_i·k_j)``. Output: ``proj((y + LePE(V)) ⊙ O)`` with a k×k depthwise
-    LePE on V; the Hadamard gate with the plain linear map O lifts the rank of the output, which is
-    what the paper calls output-feature rank augmentation. The core runs in at least float32 under
-    autocast.
+    ``y_i = (R_i q_i)·(Σ_j α_j (R_j k_j) v_jᵀ) / (q_i·Σ_j α_j k_j + ε)`` with a 2-D rotary embedding R
+    (RoPE) in the numerator only, as in the official module (which has no switch for it). Output:
+    ``proj((y + LePE(V)) ⊙ O)`` with a k×k depthwise LePE on V; the Hadamard gate with the plain linear
+    map O lifts the rank of the output, which is what the paper calls output-feature rank augmentation.
+    The core runs in at least float32 under autocast.
 
-    The official code additionally rotates q and k with a 2-D RoPE in the numerator only (``rope=True``
-    here; tables rebuilt for every H×W). It is off by default because (1) with it the output is no longer
-    the convex combination above: the rotated numerator and the unrotated denominator no longer match,
-    the weights need not be positive nor sum to one, so the explicit-form equivalence is lost; (2) its
-    angles grow with the absolute row/column index, and detection maps change size (stride probe,
-    rectangular validation, P3 80×80 versus P5 20×20) while LePE already carries position; (3) it adds
-    two full-size elementwise passes and N×d sin/cos tables per forward.
+    RoPE: ``(R_i q_i)·(R_j k_j) = q_iᵀ R(p_j − p_i) k_j``, so the numerator depends only on the offset
+    between query and key positions, not on where the map starts or how large it is; the tables are
+    rebuilt for every H×W (any size, cached per size and dtype). Without RoPE (``rope=False``, labelled
+    "no RoPE" in tables) the output is the convex combination ``Σ_j α_j (q_i·k_j) v_j / Σ_j α_j (q_i·k_j)``;
+    with it the rotated numerator and the unrotated denominator differ, so the weights need not be
+    positive nor sum to one (the official normaliser, kept as is).
 
     Cost: O(N·C²) for the 1×1 convolutions (≈ 5·N·C²), O(N·C·d) for the attention core, O(k²·N·C) for
-    LePE: linear in N = H·W; extra memory O(N·C) plus d×d per head.
+    LePE, O(N·C) for the rotations: linear in N = H·W; extra memory O(N·C) plus d×d per head.
 
     Args:
         channels (int): input and output channels C.
         num_heads (int | None): heads; must divide C. Default: derived from ``head_dim``.
         head_dim (int): channels per head used to derive ``num_heads``. Default: 32.
-        rope (bool): rotate q and k in the numerator with a 2-D RoPE (needs d % 4 == 0). Default: False.
+        rope (bool): rotate q and k in the numerator with a 2-D RoPE (needs d % 4 == 0), as the official
+            module. Default: True.
         lepe_kernel (int): odd kernel size of the depthwise LePE convolution on V. Default: 5.
 
     Example:
@@ -80,12 +80,14 @@ class RALA(nn.Module):
         torch.Size([2, 64, 20, 20])
     """
 
+    ROPE_CACHE = 8  # sizes whose sin/cos tables are kept (stride probe, train size, rectangular val...)
+
     def __init__(
         self,
         channels: int,
         num_heads: int | None = None,
         head_dim: int = DEFAULT_HEAD_DIM,
-        rope: bool = False,
+        rope: bool = True,
         lepe_kernel: int = 5,
     ) -> None:
         super().__init__()
@@ -107,6 +109,27 @@ class RALA(nn.Module):
         self.qkvo = nn.Conv2d(channels, 4 * channels, 1)
         self.lepe = nn.Conv2d(channels, channels, lepe_kernel, padding=lepe_kernel // 2, groups=channels)
         self.proj = nn.Conv2d(channels, channels, 1)
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_tables"] = {}  # a cache: not pickled into checkpoints, not shared by deep copies
+        return state
+
+    @staticmethod
+    def variant_label(kwargs: dict) -> str:
+        """Table label of a variant that is not the official module."""
+        return "no RoPE" if kwargs.get("rope") is False else ""
+
+    def rope_tables(self, h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple:
+        """sin/cos tables of an h×w map (N×d), built once per size, device and dtype."""
+        key = (h, w, device, dtype)
+        tables = self._tables.get(key)
+        if tables is None:
+            if len(self._tables) >= self.ROPE_CACHE:
+                self._tables.pop(next(iter(self._tables)))
+            tables = self._tables[key] = rope_2d(h, w, self.head_dim, device, dtype)
+        return tables
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The linear-attention core: B×C×H×W maps Q, K, V -> y (B×C×H×W), before LePE and the gate."""
@@ -120,7 +143,7 @@ class RALA(nn.Module):
             k = k * logits.softmax(dim=-1).transpose(-1, -2)  # α_j k_j
             z = 1.0 / (q @ k.sum(dim=-2, keepdim=True).transpose(-1, -2) + EPS)  # B×heads×N×1
             if self.rope:
-                sin, cos = rope_2d(h, w, self.head_dim, q.device, q.dtype)
+                sin, cos = self.rope_tables(h, w, q.device, q.dtype)
                 q, k = rotate(q, sin, cos), rotate(k, sin, cos)
             y = (q @ (k.transpose(-1, -2) @ v)) * z
         return from_heads(y, h, w).to(dtype)

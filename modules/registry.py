@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["UnknownModuleError", "available", "build", "get", "register", "registered_classes"]
+__all__ = ["UnknownModuleError", "available", "build", "get", "register", "registered_classes", "variant"]
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +62,12 @@ def build(name: str, channels: int, **kwargs) -> nn.Module:
 def registered_classes() -> dict[str, type[nn.Module]]:
     """Name -> class for every registered module (a copy)."""
     return dict(_REGISTRY)
+
+
+def variant(name: str, kwargs: dict | None) -> str:
+    """A short label for what ``kwargs`` change against the paper's module, e.g. ``"no RoPE"`` ("" = none).
+
+    A module class may define ``variant_label(kwargs) -> str``; the table appends it to the module's name.
+    """
+    label = getattr(get(name), "variant_label", None)
+    return label(dict(kwargs or {})) if callable(label) else ""

@@ -17,7 +17,9 @@ class AttentionResidual(nn.Module):
     The identity path keeps the host network's signal intact at initialisation whatever the
     attention computes; γ (CaiT-style layer scale, initialised to ``gamma``) lets the attention's
     contribution grow during training. This is the default form for modules **inserted** after a
-    layer; replace-mode placements use the bare module.
+    layer; replace-mode placements use the bare module. γ is listed by :meth:`no_weight_decay`. With
+    ``gamma=0`` the block is exactly the identity, so a composed model loaded from a base checkpoint
+    computes the base model's outputs bit for bit.
 
     Args:
         channels (int): input and output channels C.
@@ -51,6 +53,10 @@ class AttentionResidual(nn.Module):
             if isinstance(gamma, bool) or not isinstance(gamma, int | float):
                 raise ValueError(f"gamma must be a number or None, got {gamma!r}")
             self.gamma = nn.Parameter(torch.full((1, channels, 1, 1), float(gamma)))
+
+    def no_weight_decay(self) -> set[str]:
+        """The layer scale is kept out of weight decay (CaiT, timm): decay would pull it back to 0."""
+        return {"gamma"} if self.gamma is not None else set()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.attn(self.norm(x))

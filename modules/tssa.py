@@ -9,6 +9,9 @@ from torch import nn
 from ._common import DEFAULT_HEAD_DIM, at_least_fp32, check_channels, check_positive, resolve_heads
 from .registry import register
 
+REFERENCE_TOKENS = 196  # the paper's token count (ImageNet at 224 px, patch 16)
+LOGIT_SCALES = {"paper": "N/196", "official": "1", "tokens": "N/d"}  # name -> s
+
 
 @register("tssa")
 class TSSA(nn.Module):
@@ -25,17 +28,22 @@ class TSSA(nn.Module):
     No pairwise token similarity and no positional term: the module is permutation equivariant
     over pixels. The core runs in fp32 with autocast disabled (``w²`` overflows fp16).
 
-    Logit scale ``s`` (deviation from the paper, on by default): ``Σ_c ŵ[k, j, c]²`` averages d/N over
-    tokens, so at detection token counts the paper's logits are ~1e-3 and Π is uniform to within
-    ~1e-3 (N = 6400, d = 32); the membership then does nothing unless ``temp`` grows by ~N/d. With
-    ``token_scaled=True`` the logit is multiplied by ``s = N/d``, i.e. it becomes the mean over the
-    head's channels of ``w[k,j,c]² / mean_j' w[k,j',c]²``: mean 1 over tokens whatever N and d, so Π
-    responds to the token statistics at any map size (the paper's ImageNet setting, N = 197, d = 64,
-    has mean logit 0.3: same order). ``token_scaled=False`` is the paper-exact form (``s = 1``).
+    Logit scale ``s`` (``logit_scale``). ``Σ_c ŵ[k, j, c]²`` has mean d/N over tokens and spread
+    ≈ √(2d)/N, so with the official code's ``s = 1`` the membership depends on the map size: in the
+    paper's regime (ImageNet, patch 16: N = 196 tokens, d = 48 or 64) Π deviates from uniform by ~4 %
+    at initialisation, but at N = 6400 (P3 at 640 px) by 0.07–0.09 % (nothing for ``temp`` to work
+    with) and at N = 9 (P5 at 96 px) by 41–52 %. ``"paper"`` (default) uses ``s = N / 196``, which gives
+    the logits the statistics they have in the paper at N = 196, at every map size: measured at
+    initialisation (d = 32, 2–8 heads, LayerNorm-ed inputs) Π deviates from uniform by 2.0–3.0 % at
+    every N from 9 to 6400, against 3.7 % / 4.2 % for the paper's d = 48 / 64 at N = 196 (``python -m
+    ablate.benchmarks.tssa_membership`` prints the table). ``"official"`` is ``s = 1`` (the code as
+    released; the same as ``"paper"`` at N = 196); ``"tokens"`` is ``s = N / d`` (mean logit 1;
+    12–19 %, four to six times the paper's regime).
 
-    ``temp`` (one per head, initialised 1) is excluded from weight decay in the official code; it is
-    named ``temp`` and listed by :meth:`no_weight_decay` so an optimizer can do the same. With one
-    head Π ≡ 1 and there is no ``temp`` parameter.
+    ``temp`` (one per head, initialised 1) is listed by :meth:`no_weight_decay` as in the official module,
+    and ablate's trainer honours the list (the official training does not: timm's optimizer factory
+    reads only the model's top-level list, so ``temp`` is decayed there). With one head Π ≡ 1 and there
+    is no ``temp`` parameter.
 
     Cost: 2·N·C² for the two projections plus O(N·C) for the core; O(N·C) memory, linear in N.
 
@@ -43,8 +51,10 @@ class TSSA(nn.Module):
         channels (int): input and output channels C.
         num_heads (int | None): heads; must divide C. Default: derived from ``head_dim``.
         head_dim (int): channels per head used to derive ``num_heads``. Default: 32.
-        token_scaled (bool): scale the membership logits by N/d (see above). Default: True.
-        qkv_bias (bool): bias in the input projection (official: False). Default: False.
+        logit_scale (str): ``"paper"`` (s = N/196), ``"official"`` (s = 1) or ``"tokens"`` (s = N/d);
+            see above. Default: ``"paper"``.
+        qkv_bias (bool): bias in the input projection (class default of the official code: False;
+            every released ToST model passes True). Default: True.
         eps (float): stabiliser in the π̃ normalisation. Default: 1e-8.
 
     Example:
@@ -58,22 +68,32 @@ class TSSA(nn.Module):
         channels: int,
         num_heads: int | None = None,
         head_dim: int = DEFAULT_HEAD_DIM,
-        token_scaled: bool = True,
-        qkv_bias: bool = False,
+        logit_scale: str = "paper",
+        qkv_bias: bool = True,
         eps: float = 1e-8,
     ) -> None:
         super().__init__()
         self.channels = check_channels(channels)
         self.num_heads = resolve_heads(channels, num_heads, head_dim)
-        if not isinstance(token_scaled, bool):
-            raise ValueError(f"token_scaled must be True or False, got {token_scaled!r}")
+        if logit_scale not in LOGIT_SCALES:
+            raise ValueError(f"logit_scale must be one of {', '.join(LOGIT_SCALES)}, got {logit_scale!r}")
         if not isinstance(qkv_bias, bool):
             raise ValueError(f"qkv_bias must be True or False, got {qkv_bias!r}")
-        self.token_scaled = token_scaled
+        self.logit_scale = logit_scale
         self.eps = float(check_positive("eps", eps, integer=False))
         self.qkv = nn.Conv2d(channels, channels, 1, bias=qkv_bias)
         self.temp = nn.Parameter(torch.ones(self.num_heads)) if self.num_heads > 1 else None
         self.proj = nn.Conv2d(channels, channels, 1)
+
+    @staticmethod
+    def variant_label(kwargs: dict) -> str:
+        """Table label of a non-default logit scale."""
+        scale = kwargs.get("logit_scale", "paper")
+        return "" if scale == "paper" else f"s={LOGIT_SCALES[scale]}" if scale in LOGIT_SCALES else ""
+
+    def scale(self, n: int, d: int) -> float:
+        """The membership logit scale s for N = ``n`` tokens and head dim ``d``."""
+        return {"paper": n / REFERENCE_TOKENS, "official": 1.0, "tokens": n / d}[self.logit_scale]
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names the official code keeps out of weight decay (timm convention)."""
@@ -89,7 +109,7 @@ class TSSA(nn.Module):
             pi = w.new_ones(w.shape[0], 1, n)
         else:
             energy = F.normalize(w, dim=-1).square().sum(-2)  # ŵ: L2 over tokens; Σ_c ŵ² -> B×h×N
-            scale = self.temp.to(w.dtype).view(1, -1, 1) * (n / d if self.token_scaled else 1.0)
+            scale = self.temp.to(w.dtype).view(1, -1, 1) * self.scale(n, d)
             pi = (energy * scale).softmax(dim=1)
         pi_tilde = pi / (pi.sum(-1, keepdim=True) + self.eps)
         second_moment = w.square() @ pi_tilde.unsqueeze(-1)  # B×h×d×1

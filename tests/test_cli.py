@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 
@@ -32,7 +33,9 @@ def bad_dataset_yamls(tmp_path: Path) -> dict[str, Path]:
     no_split.write_text(
         yaml.safe_dump({"path": str(tmp_path), "train": "imgs", "val": "missing", "names": ["a"]})
     )
-    return {"no_names": no_names, "no_split": no_split}
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("not a checkpoint")
+    return {"no_names": no_names, "no_split": no_split, "garbage": garbage, "dir": tmp_path / "imgs"}
 
 
 CASES = {
@@ -64,13 +67,41 @@ CASES = {
     "dataset split missing": (["dataset.path={no_split}"], r"missing"),
     "image size zero": (["train.imgsz=0"], r"train.imgsz=0 is not valid"),
     "bad action": (["action=fly"], r"action='fly' is not valid; valid: train, profile, inspect"),
+    "missing weights": (["model.weights=/no/such/w.pt"], r"model.weights='/no/such/w.pt': no such file"),
+    "weights directory": (["model.weights={dir}"], r"model.weights='.*imgs' is a directory"),
+    "weights not a checkpoint": (
+        ["model.weights={garbage}"],
+        r"garbage.pt' is not a checkpoint torch can read",
+    ),
+    "weights of another scale": (
+        ["+attn=rala", "model.weights={yolo12s}"],
+        r"cannot be placed in yolo12n, e\.g\. model\.0\.conv\.weight: shape \(32, 3, 3, 3\)",
+    ),
+    "device this machine lacks": (
+        ["train.device=cuda:7"],
+        r"train.device='cuda:7' is not available on this machine",
+    ),
+    "latency device this machine lacks": (["measure.device=7"], r"measure.device=7 is not available"),
+    "bad strictness": (
+        ["model.weights_strict=maybe"],
+        r"model.weights_strict='maybe' is not valid; valid: true",
+    ),
 }
 
 
+@pytest.fixture(scope="module")
+def yolo12s_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ablate.compose import base_model_yaml, build_model
+
+    path = tmp_path_factory.mktemp("ckpt") / "yolo12s.pt"
+    torch.save(build_model(base_model_yaml("yolo12s", 5)).state_dict(), path)
+    return path
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_exit_2_nothing_written(case: str, tmp_path: Path) -> None:
+def test_bad_input_is_one_line_exit_2_nothing_written(case: str, tmp_path: Path, yolo12s_state: Path) -> None:
     args, pattern = CASES[case]
-    paths = bad_dataset_yamls(tmp_path)
+    paths = {**bad_dataset_yamls(tmp_path), "yolo12s": yolo12s_state}
     args = [a.format(**paths) for a in args]
     out = ablate(args, tmp_path)
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
@@ -98,3 +129,16 @@ def test_attn_alone_uses_its_default_placement(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "pos=p5" in out.stdout
     assert sum("inserted" in line for line in out.stdout.splitlines()) == 1
+
+
+def test_inspect_with_weights_prints_the_transfer_line(tmp_path: Path) -> None:
+    from ablate.compose import base_model_yaml, build_model
+
+    ckpt = tmp_path / "base.pt"
+    torch.save({"model": build_model(base_model_yaml("yolo12n", 5)).half()}, ckpt)
+    out = ablate(["action=inspect", "+attn=rala", "+pos=a2c2f", f"model.weights={ckpt}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("weights: transferred 547/691 tensors of the base checkpoint ")
+    assert line.endswith("; skipped 144 (attention replaced by rala)")
+    assert not (tmp_path / "results" / "runs").exists()

@@ -37,9 +37,10 @@ def reference(m: FocusedLinearAttention, x: torch.Tensor) -> torch.Tensor:
             sl = slice(hd * d, (hd + 1) * d)
             a = fq[:, sl] @ fk[:, sl].T  # N×n
             y[:, sl] = (a @ v[:, sl]) / (a.sum(1, keepdim=True) + n * EPS)
-        vmap = v.T.reshape(1, c, hr, wr)
-        if (hr, wr) != (h, w):
-            vmap = F.interpolate(vmap, size=(h, w), mode="bilinear", align_corners=False)
+        vrow = v.T[None]  # 1×C×n, raster order
+        if n != h * w:  # the official 1-D resize of the reduced token sequence
+            vrow = F.interpolate(vrow, size=h * w, mode="linear", align_corners=False)
+        vmap = vrow.reshape(1, c, h, w)
         shared = m.dwc.weight.repeat(heads, 1, 1, 1), m.dwc.bias.repeat(heads)  # d filters for all heads
         y = y + depthwise(vmap[0], *shared).reshape(c, h * w).T
         out = y @ m.proj.weight[:, :, 0, 0].T + m.proj.bias
@@ -69,6 +70,62 @@ def test_linear_form_equals_explicit_quadratic_form(
         m.scale.normal_()  # exercise the per-channel scale (initialised 0)
     x = torch.randn(2, channels, *hw, dtype=torch.float64)
     torch.testing.assert_close(m(x), reference(m, x), rtol=1e-9, atol=1e-10)
+
+
+def official_forward(m: FocusedLinearAttention, x: torch.Tensor) -> torch.Tensor:
+    """LeapLabTHU/FLatten-Transformer ``FocusedLinearAttention.forward`` (models/flatten_pvt.py, abdb115)
+    transcribed step by step with the module's weights, its fixed-length positional encoding set to 0
+    (ablate drops it): tokens B×N×C, q/kv linear maps, for sr_ratio > 1 a strided conv of the map then
+    LayerNorm (eps 1e-5) over C, focusing with norms over all C, ``z = 1/(q·mean_j k + 1e-6)``,
+    ``kv = kᵀ n^-½ @ v n^-½``, V resized to N tokens by 1-D linear interpolation, DWC shared by heads,
+    proj."""
+    b, c, h, w = x.shape
+    heads, d, p = m.num_heads, m.head_dim, m.focusing_factor
+    tokens = x.flatten(2).transpose(1, 2)
+    q = F.linear(tokens, m.q.weight[:, :, 0, 0], m.q.bias)
+    if m.sr_ratio > 1:
+        x_ = F.conv2d(x, m.sr.weight, m.sr.bias, stride=m.sr_ratio).reshape(b, c, -1).permute(0, 2, 1)
+        x_ = F.layer_norm(x_, (c,), m.norm.weight, m.norm.bias, eps=1e-5)
+    else:
+        x_ = tokens
+    kv = F.linear(x_, m.kv.weight[:, :, 0, 0], m.kv.bias).reshape(b, -1, 2, c).permute(2, 0, 1, 3)
+    k, v = kv[0], kv[1]
+    n = k.shape[1]
+    scale = F.softplus(m.scale)
+    q, k = (F.relu(q) + 1e-6) / scale, (F.relu(k) + 1e-6) / scale
+    q_norm, k_norm = q.norm(dim=-1, keepdim=True), k.norm(dim=-1, keepdim=True)
+    q, k = q**p, k**p
+    q, k = q / q.norm(dim=-1, keepdim=True) * q_norm, k / k.norm(dim=-1, keepdim=True) * k_norm
+    q = q.reshape(b, h * w, heads, -1).permute(0, 2, 1, 3)
+    k = k.reshape(b, n, heads, -1).permute(0, 2, 1, 3)
+    v = v.reshape(b, n, heads, -1).permute(0, 2, 1, 3)
+    z = 1 / (q @ k.mean(dim=-2, keepdim=True).transpose(-2, -1) + 1e-6)
+    y = q @ ((k.transpose(-2, -1) * n**-0.5) @ (v * n**-0.5)) * z
+    if m.sr_ratio > 1:
+        v = F.interpolate(v.transpose(-2, -1).reshape(b * heads, -1, n), size=h * w, mode="linear")
+        v = v.reshape(b, heads, -1, h * w).transpose(-2, -1)
+    y = y.transpose(1, 2).reshape(b, h * w, c)
+    v = v.reshape(b * heads, h, w, -1).permute(0, 3, 1, 2)
+    dwc = F.conv2d(v, m.dwc.weight, m.dwc.bias, padding=m.dwc.padding, groups=d)
+    y = y + dwc.reshape(b, c, h * w).permute(0, 2, 1)
+    y = F.linear(y, m.proj.weight[:, :, 0, 0], m.proj.bias)
+    return y.transpose(1, 2).reshape(b, c, h, w)
+
+
+@pytest.mark.parametrize(
+    ("sr", "hw", "heads"), [(1, (7, 9), 2), (2, (8, 6), 2), (2, (10, 10), 4), (4, (8, 12), 1)]
+)
+def test_equals_the_official_forward_float64(sr: int, hw: tuple[int, int], heads: int) -> None:
+    m = FocusedLinearAttention(32, num_heads=heads, sr_ratio=sr).double().eval()
+    with torch.no_grad():
+        m.scale.uniform_(-1, 1)
+        if sr > 1:
+            m.norm.weight.uniform_(0.5, 1.5)
+            m.norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 32, *hw, dtype=torch.float64)
+    torch.testing.assert_close(m(x), official_forward(m, x), rtol=1e-9, atol=1e-10)
+    if sr > 1:
+        assert m.norm.eps == 1e-5
 
 
 def test_bad_arguments_raise_value_error() -> None:

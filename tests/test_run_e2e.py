@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -114,9 +116,12 @@ def test_finished_run_is_cached(runs: dict, dirs: tuple[Path, Path]) -> None:
     assert (run_dir / "record.json").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.parametrize("safe", [False, True], ids=["default-load", "safe-load"])
 @pytest.mark.parametrize("kind", ["inserted", "replaced"])
-def test_fresh_process_rebuilds_yaml_and_loads_checkpoint(runs: dict, kind: str) -> None:
-    """A new interpreter that never ran ablate's composition: `import modules` is all it needs."""
+def test_fresh_process_rebuilds_yaml_and_loads_checkpoint(runs: dict, kind: str, safe: bool) -> None:
+    """A new interpreter that never ran ablate's composition: `import modules` is all it needs, also under
+    ultralytics' restricted loading (ULTRALYTICS_SAFE_LOAD=1: weights-only unpickling of allow-listed
+    classes)."""
     record, run_dir = runs[kind]
     probe = record.layers[0] + (1 if kind == "inserted" else 0)  # the inserted layer follows its base index
     script = textwrap.dedent(
@@ -131,7 +136,8 @@ def test_fresh_process_rebuilds_yaml_and_loads_checkpoint(runs: dict, kind: str)
         print("predicted", len(res), type(best.model.model[{probe}]).__name__)
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "ULTRALYTICS_SAFE_LOAD": "1" if safe else "0"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = dict(
         line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("params", "predicted"))
@@ -160,12 +166,17 @@ def test_same_seed_reproduces_and_other_seed_differs(
 
 
 def test_weights_transfer_from_a_local_checkpoint(runs: dict, dirs: tuple[Path, Path]) -> None:
-    """model.weights=PATH starts an attention run from the baseline's trained weights (no download)."""
+    """model.weights=PATH starts an attention run from the baseline's trained weights (no download), every
+    base tensor placed where its layer now lives, and the record says so."""
     _, base_dir = runs["baseline"]
     best = base_dir / ULTRALYTICS_DIR / "weights" / "best.pt"
     record, run_dir = run(["+attn=fla", "+pos=p4", f"model.weights={best}"], dirs)
     assert record.status == "ok", record.error
     assert record.key not in {r.key for r, _ in runs.values()}
+    data = json.loads((run_dir / "record.json").read_text())
+    assert data["weights_transferred"] == data["weights_total"] == 691 and data["weights_skipped"] == []
+    assert data["weights_path"] == str(best.resolve())
+    assert data["weights_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
 
 
 def test_failed_training_is_recorded_not_raised(dirs: tuple[Path, Path]) -> None:

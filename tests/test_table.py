@@ -483,3 +483,18 @@ def test_figures_in_process_and_in_workers(
         for ext in ("png", "pdf")
     )
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_module_variants_are_labelled(tmp_path: Path) -> None:
+    """A module run unlike its paper's code (RALA without RoPE) says so in its row label."""
+    for attn, variant in (("none", ""), ("rala", "no RoPE")):
+        for seed in (0, 1):
+            rec = _record(
+                HASH_Q, "shapes", attn, "neck" if attn != "none" else "none", seed, attn_variant=variant
+            )
+            rec.map50, rec.map50_95 = 0.5 + 0.01 * seed, 0.3
+            write_record(run_dir(tmp_path, rec.key), rec)
+    report = table.make_tables(tmp_path, figures=False)
+    labels = set(report.summary["attn_label"])
+    assert labels == {"none (baseline)", "rala (no RoPE)"}
+    assert "rala (no RoPE)" in Path(report.tex).read_text()
