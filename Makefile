@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test lint format latency bench table table-bench overhead clean
+.PHONY: help install demo test lint format latency bench table table-bench overhead calibrate clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install ablate with dev extras (no-op when up to date)
 
-# the demo: baseline (added by the sweep) + five modules after the Detect inputs, embedded data, one seed;
-# two jobs at a time with one thread each (a 96 px yolo12n keeps barely one core busy)
-DEMO ?= +attn=rala,halo,tssa,fla,area +pos=neck dataset=shapes seed=0 hydra/launcher=joblib hydra.launcher.n_jobs=2
+# the demo: baseline (added by the sweep) + five modules after the Detect inputs, embedded data, seeds 0-2,
+# all fine-tuning one base run (trained first); two jobs at a time with one thread each
+DEMO ?= +attn=rala,halo,tssa,fla,area +pos=neck dataset=shapes seed=0,1,2 hydra/launcher=joblib hydra.launcher.n_jobs=2
 
-demo: install  ## a small real ablation on the embedded data (baseline + 5 modules), then the table
+demo: install  ## a small real ablation on the embedded data (baseline + 5 modules, 3 seeds), then the table
 	@start=$$(date +%s); \
 	$(BIN)/python -m ablate $(DEMO) results.dir=$(RESULTS) hydra.callbacks.sweep_summary.table=false -m; \
 	status=$$?; \
@@ -49,6 +49,12 @@ RESULTS ?= results
 WHERE ?=
 table: install  ## tables + figures from results/ (RESULTS=dir, WHERE="dataset=shapes attn=rala,fla")
 	$(BIN)/python -m ablate.table --results $(RESULTS) $(foreach w,$(WHERE),--where $(w))
+
+SEEDS ?= 5
+JOBS ?= 2
+ARGS ?=
+calibrate: install  ## baseline over SEEDS seeds per dataset: spread and detectable Δ (ARGS="dataset=shapes ...")
+	$(BIN)/python -m ablate.calibrate --seeds $(SEEDS) --jobs $(JOBS) --results $(RESULTS) $(ARGS)
 
 table-bench: install  ## time make table's work on 10,000 synthetic records
 	$(BIN)/python -m ablate.table_bench

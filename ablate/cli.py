@@ -89,7 +89,10 @@ def job_label(cfg: DictConfig) -> str:
 
 
 def place_job(cfg: DictConfig) -> None:
-    """Local parallel jobs (joblib): spread them over the visible GPUs, or split the CPU threads."""
+    """Local parallel jobs (joblib): spread them over the visible GPUs, or split the CPU threads.
+
+    (ultralytics' trainer sets its own CPU thread count, cores − 1 up to 8, unless ``train.threads`` says.)
+    """
     hc = HydraConfig.get()
     launcher = str(hc.launcher.get("_target_", ""))
     if "joblib" not in launcher.lower():
@@ -147,6 +150,7 @@ def sweep_job(cfg: DictConfig) -> float | None:
         if record is None:  # action=inspect
             outcome.status = "ok"
         else:
+            outcome.key = record.key  # action=base: the base run it trained or found
             outcome.status = "cached" if record.cached else record.status
             outcome.error = record.error
             outcome.summary = summary_line(record, Path(cfg.results.dir) / "runs" / record.key)

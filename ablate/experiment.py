@@ -19,9 +19,13 @@ from .tracking import logger_settings
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("train", "profile", "inspect")
+ACTIONS = ("train", "profile", "inspect", "base")
+INITS = ("warm", "scratch")
 # train settings that choose where/how fast a run executes, not what it computes: not part of the run key
-EXECUTION_KEYS = ("device", "workers")
+EXECUTION_KEYS = ("device", "workers", "threads")
+# train settings of a protocol that are not training settings of one run: how it starts
+PROTOCOL_KEYS = ("init", "base")
+CANDIDATE_SEED_STRIDE = 1000  # base candidate k of base seed s has seed s + 1000·k
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,17 @@ class Experiment:
     measure: dict[str, Any] = field(default_factory=dict)
     sweep: str | None = None  # the multirun this run belongs to (its sweep directory's name)
     logger: dict[str, Any] = field(default_factory=dict)  # tracking settings (not part of the run key)
+    role: str = "run"  # "base": the warm-start base run of some configuration
+
+    @property
+    def init(self) -> str:
+        """How training starts: ``warm`` (fine-tune the protocol's base run) or ``scratch``."""
+        return str(self.train.get("init", "scratch"))
+
+    @property
+    def warm(self) -> bool:
+        """Whether this run fine-tunes the protocol's base run (``model.weights``, when given, wins)."""
+        return self.init == "warm" and self.action == "train" and not self.weights
 
     @property
     def attn(self) -> str:
@@ -90,6 +105,38 @@ class Experiment:
     def baseline(self) -> Experiment:
         """The same model, dataset, seed and settings without any attention: what this run is compared to."""
         return dataclasses.replace(self, placement=None, pos="none")
+
+    def base_candidates(self) -> list[Experiment]:
+        """The runs a warm start chooses its base from: the baseline trained from scratch with the
+        ``train.base`` settings, once per candidate seed.
+
+        ``train.base`` overrides the protocol's training settings (its ``extra`` merged over theirs). Its
+        ``seed`` is the first candidate's seed (null: this run's own seed, one base per seed) and
+        ``candidates`` how many there are, with seeds ``seed + 1000·k``; the base is the candidate with
+        the lowest final training loss (:func:`ablate.run.chosen_base`). The candidates' settings hold no
+        protocol keys, so every protocol with the same base settings shares them.
+        """
+        base = dict(self.train.get("base") or {})
+        seed = base.pop("seed", 0)
+        count = int(base.pop("candidates", 1))
+        extra = {**(self.train.get("extra") or {}), **(base.pop("extra", None) or {})}
+        train = {k: v for k, v in self.train.items() if k not in PROTOCOL_KEYS}
+        train.update(base, extra=extra, init="scratch")
+        first = self.seed if seed is None else int(seed)
+        return [
+            dataclasses.replace(
+                self,
+                action="train",
+                placement=None,
+                pos="none",
+                seed=first + CANDIDATE_SEED_STRIDE * k,
+                train=train,
+                weights=None,
+                weights_sha256=None,
+                role="base",
+            )
+            for k in range(count)
+        ]
 
 
 def _container(node: Any) -> Any:
@@ -148,11 +195,11 @@ def resolve_dataset(cfg: DictConfig) -> dict[str, Any]:
     return d
 
 
-def check_train(train: dict[str, Any]) -> None:
+def check_train(train: dict[str, Any], prefix: str = "train.") -> None:
     for key in ("epochs", "imgsz", "batch"):
         value = train.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise AblateError(f"train.{key}={value!r} is not valid; it must be a positive integer")
+            raise AblateError(f"{prefix}{key}={value!r} is not valid; it must be a positive integer")
 
 
 def check_device(key: str, value: Any) -> None:
@@ -193,8 +240,27 @@ def resolve_weights(cfg: DictConfig) -> tuple[str | None, str | None, bool]:
     return str(path), file_sha256(path), strict
 
 
+def check_init(train: dict[str, Any]) -> None:
+    init = _choice(train.get("init", "scratch"), "train.init", INITS)
+    base = train.get("base")
+    if init == "warm":
+        if not isinstance(base, dict):
+            raise AblateError(f"train.init=warm needs train.base (the base run's settings); got {base!r}")
+        seed = base.get("seed", 0)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise AblateError(f"train.base.seed={seed!r} is not valid; valid: a non-negative integer or null")
+        count = base.get("candidates", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise AblateError(f"train.base.candidates={count!r} is not valid; it must be a positive integer")
+        check_train({**train, **base}, prefix="train.base.")
+
+
 def experiment_from_config(cfg: DictConfig) -> Experiment:
-    """Validate ``cfg`` and resolve it into an :class:`Experiment` (raises AblateError on bad input)."""
+    """Validate ``cfg`` and resolve it into an :class:`Experiment` (raises AblateError on bad input).
+
+    ``action=base`` (kept as the experiment's action) trains the configuration's warm-start base
+    candidates and chooses the base (:meth:`Experiment.base_candidates`, :func:`ablate.run.chosen_base`).
+    """
     action = _choice(cfg.get("action", "train"), "action", ACTIONS)
     seed = cfg.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -210,6 +276,10 @@ def experiment_from_config(cfg: DictConfig) -> Experiment:
         raise AblateError(f"measure.imgsz={measure['imgsz']!r} is not valid; it must be a positive integer")
     check_device("measure.device", measure["device"])
     weights, weights_sha256, weights_strict = resolve_weights(cfg)
+    check_init(train)
+    if action == "base" and not isinstance(train.get("base"), dict):
+        name = train.get("name")
+        raise AblateError(f"action=base needs train.base (the base run's settings); train={name!r} has none")
     return Experiment(
         action=action,
         model=str(cfg.model.name),

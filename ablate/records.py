@@ -51,7 +51,12 @@ class RunRecord:
     train_hash: str = ""
     train_settings: dict[str, Any] = field(default_factory=dict)
     sweep: str | None = None
-    # the base checkpoint the run started from (model.weights) and where its tensors went (ablate.weights)
+    # how training started: "scratch", "warm" (fine-tuned the protocol's base run init_run) or "weights"
+    # (model.weights); role "base" marks a run trained as some configuration's warm-start base
+    init: str = "scratch"
+    init_run: str | None = None
+    role: str = "run"
+    # the checkpoint the run started from and where its tensors went (ablate.weights)
     weights_path: str | None = None
     weights_sha256: str | None = None
     weights_transferred: int | None = None
@@ -63,6 +68,8 @@ class RunRecord:
     precision: float | None = None
     recall: float | None = None
     train_seconds: float | None = None
+    train_threads: int | None = None  # torch CPU threads while training (results can depend on them)
+    train_loss: float | None = None  # mean training loss (box + cls + dfl) of the last epoch
     # measures (ablate.measure): parameters added/swapped in, attention-inclusive FLOPs, latency, AP by size
     params_attn: int | None = None
     gflops: float | None = None

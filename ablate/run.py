@@ -38,11 +38,22 @@ MODEL_YAML = "model.yaml"
 CONFIG_YAML = "config.yaml"
 ULTRALYTICS_DIR = "ultralytics"
 PREDICTIONS = "predictions.json"
+# what train_and_validate returns that the record keeps as is
+TRAIN_RESULT_FIELDS = (
+    "map50",
+    "map50_95",
+    "precision",
+    "recall",
+    "train_seconds",
+    "train_threads",
+    "train_loss",
+    "peak_memory_train_mb",
+)
 
 
 def dataset_names(dataset: dict[str, Any]) -> list[str]:
     """Class names of the dataset, read without generating or downloading anything."""
-    return datasets.class_names(dataset.get("path") or str(dataset.get("name")))
+    return datasets.class_names(dataset.get("path") or str(dataset.get("generator") or dataset.get("name")))
 
 
 def composed_model(exp: Experiment, nc: int) -> tuple[dict[str, Any], torch.nn.Module]:
@@ -74,18 +85,57 @@ def fail_fast(model: torch.nn.Module, imgsz: int, exp: Experiment) -> None:
         model.load_state_dict(buffers)
 
 
-def weights_transfer(exp: Experiment, d: dict[str, Any], model: torch.nn.Module) -> Transfer | None:
-    """Where the base checkpoint's tensors go in the composed model (None without ``model.weights``).
+def weights_transfer(
+    exp: Experiment, d: dict[str, Any], model: torch.nn.Module, base_run: RunRecord | None = None
+) -> Transfer | None:
+    """Where the starting checkpoint's tensors go in the composed model: the warm start's ``base_run``,
+    or ``model.weights`` (None when the run starts from scratch).
 
     Raises AblateError for a file that is no checkpoint or, when strict, a tensor that cannot be placed.
     """
-    if not exp.weights:
+    if base_run is not None:
+        path, strict = run_dir(exp.results_dir, base_run.key) / ULTRALYTICS_DIR / "weights" / "best.pt", True
+    elif exp.weights:
+        path, strict = Path(exp.weights), exp.weights_strict
+    else:
         return None
-    ckpt = read_checkpoint(Path(exp.weights))
+    ckpt = read_checkpoint(path)
     base = build_model(base_model_yaml(exp.model, int(d["nc"])))
-    transfer = plan_transfer(ckpt, base, d, model, exp.model, strict=exp.weights_strict)
+    transfer = plan_transfer(ckpt, base, d, model, exp.model, strict=strict)
     log.info("%s", transfer.line())
     return transfer
+
+
+def ensure_base(exp: Experiment) -> RunRecord | None:
+    """The base run a warm start fine-tunes (None when ``exp`` does not warm-start)."""
+    return chosen_base(exp) if exp.warm else None
+
+
+def chosen_base(exp: Experiment) -> RunRecord:
+    """Train (or find cached) every base candidate of ``exp``; return the one with the lowest final
+    training loss (ties: the lower seed). The val split is never looked at.
+
+    From scratch, whether a short schedule takes off depends on the seed: a candidate that does not ends
+    with a training loss far above one that does, so the choice is clear-cut (README, "The default
+    protocol"). Each candidate is an ordinary run under its own lock. Raises AblateError when no
+    candidate succeeded (a candidate that failed earlier in the same sweep is not tried again).
+    """
+    records = []
+    for candidate in exp.base_candidates():
+        previous = read_record(run_dir(candidate.results_dir, candidate.key))
+        if previous is not None and previous.status == "failed" and exp.sweep and previous.sweep == exp.sweep:
+            records.append(previous)
+            continue
+        records.append(execute(dataclasses.replace(candidate, force=False), record_errors=True))
+    ok = [r for r in records if r is not None and r.status == "ok" and r.train_loss is not None]
+    if not ok:
+        errors = "; ".join(f"{r.key}: {r.error}" for r in records if r is not None)
+        raise AblateError(f"no warm-start base candidate of this configuration trained: {errors}")
+    best = min(ok, key=lambda r: (r.train_loss, r.seed))
+    if len(records) > 1:
+        losses = ", ".join(f"seed {r.seed}: {r.train_loss:.3f}" for r in ok)
+        log.info("warm-start base: run %s (final training loss %s)", best.key, losses)
+    return best
 
 
 def inspect_table(d: dict[str, Any], model: torch.nn.Module) -> str:
@@ -121,6 +171,7 @@ def base_record(
         train_hash=exp.train_hash,
         train_settings=exp.train_settings,
         sweep=exp.sweep,
+        role=exp.role,
         params=count_params(model) if model is not None else None,
         versions=versions(),
         git_sha=git_sha(),
@@ -171,13 +222,15 @@ def record_ap_by_size(record: RunRecord, data_yaml: str, weights: Path, imgsz: i
 
 
 def materialize_dataset(exp: Experiment) -> str:
-    """The data YAML for ultralytics: a user/ultralytics YAML, or the embedded dataset (generated once)."""
+    """The data YAML for ultralytics: a user/ultralytics YAML, or the embedded dataset (generated once;
+    ``generator`` names the embedded generator of a variant such as ``shapes_small``)."""
     spec = exp.dataset
     if spec.get("path"):
         return str(datasets.resolve_data_yaml(spec["path"]))
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "path", "generator_seed")}
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", "path", "generator", "generator_seed")}
     seed = spec.get("generator_seed", 0)
-    return str(datasets.make_dataset(str(spec["name"]), exp.data_dir, seed=seed, **kwargs))
+    generator = str(spec.get("generator") or spec["name"])  # a named variant of an embedded generator
+    return str(datasets.make_dataset(generator, exp.data_dir, seed=seed, **kwargs))
 
 
 def cached_record(exp: Experiment) -> RunRecord | None:
@@ -199,9 +252,11 @@ def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool 
     """
     started = time.time()
     names = dataset_names(exp.dataset)
+    if exp.action == "base":
+        return chosen_base(exp)
     if exp.action == "inspect":
         d, model = composed_model(exp, len(names))
-        transfer = weights_transfer(exp, d, model)
+        transfer = weights_transfer(exp, d, model)  # model.weights only: inspect trains no base run
         print(f"{exp.model} + attn={exp.attn} pos={exp.pos}: {count_params(model):,} parameters")
         print(inspect_table(d, model))
         if transfer is not None:
@@ -213,7 +268,8 @@ def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool 
         return cached
     try:
         d, model = composed_model(exp, len(names))
-        transfer = weights_transfer(exp, d, model)
+        base_run = ensure_base(exp)
+        transfer = weights_transfer(exp, d, model, base_run)
     except AblateError as e:
         if not record_errors:
             raise
@@ -227,6 +283,8 @@ def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool 
             if again is not None:
                 return again
         record = base_record(exp, exp.key, model, d)
+        record.init = "warm" if base_run is not None else "weights" if transfer is not None else "scratch"
+        record.init_run = base_run.key if base_run is not None else None
         if transfer is not None:
             for k, v in transfer.record_fields().items():
                 setattr(record, k, v)
@@ -272,7 +330,7 @@ def run_locked(
                 callbacks=tracker.callbacks(),
                 resume=not exp.force,
             )
-            for k in ("map50", "map50_95", "precision", "recall", "train_seconds", "peak_memory_train_mb"):
+            for k in TRAIN_RESULT_FIELDS:
                 setattr(record, k, result[k])
             record.resumed_from_epoch = result["resumed_from_epoch"]
             record.timings.update(result["timings"])

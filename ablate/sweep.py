@@ -38,6 +38,7 @@ OUTCOME_JSON = "outcome.json"
 _PLACEMENT_KEY = re.compile(r"^[+~]*(attn|pos)(\.|$)")
 # overrides that never apply to an auto-added baseline
 _NOT_FOR_BASELINE = re.compile(r"^[+~]*(force|baseline)$")
+_BASE_JOB_KEYS = re.compile(r"^[+~]*(action|train\.base\.seed|train\.base\.candidates)$")  # set per base job
 
 
 @dataclass
@@ -97,7 +98,7 @@ class AblateSweeper(BasicSweeper):
 
     Args:
         max_batch_size: jobs handed to the launcher at once (None = all).
-        params: the default sweep grid, e.g. ``{dataset: "shapes,digits", seed: "0,1,2"}``.
+        params: the default sweep grid, e.g. ``{dataset: "shapes,shapes_small", seed: "0,1,2"}``.
     """
 
     def sweep(self, arguments: list[str]) -> Any:
@@ -109,14 +110,29 @@ class AblateSweeper(BasicSweeper):
         if baselines:
             log.info("auto-baseline: adding %d baseline job(s) not yet in the results root", len(baselines))
         jobs = baselines + jobs
+        bases = self.missing_bases(jobs)
+        if bases:
+            log.info(
+                "warm start: training %d base run(s) first, then the %d job(s) that fine-tune them",
+                len(bases),
+                len(jobs),
+            )
         size = self.max_batch_size or len(jobs)
-        self.overrides = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        # the base runs are a batch of their own: every launcher finishes it before the jobs start
+        self.overrides = ([bases] if bases else []) + [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        jobs = bases + jobs
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         write_json_atomic(
-            sweep_dir / SWEEP_JSON, {"total": len(jobs), "baselines_added": len(baselines), "jobs": jobs}
+            sweep_dir / SWEEP_JSON,
+            {
+                "total": len(jobs),
+                "baselines_added": len(baselines),
+                "bases_added": len(bases),
+                "jobs": jobs,
+            },
         )
         returns: list[list[JobReturn]] = []
         first = 0
@@ -131,6 +147,30 @@ class AblateSweeper(BasicSweeper):
     def _load(self, overrides: list[str]) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def missing_bases(self, jobs: list[list[str]]) -> list[list[str]]:
+        """``action=base`` jobs for the warm-start base candidates the jobs need and the results root lacks
+        (one job per candidate, so that a launcher trains them side by side)."""
+        from .experiment import experiment_from_config
+
+        added: dict[str, list[str]] = {}
+        for job in jobs:
+            try:
+                exp = experiment_from_config(self._load(job))
+            except AblateError:
+                continue  # the job itself reports its bad configuration
+            if not exp.warm:
+                continue
+            keep = [o for o in baseline_overrides(job) if not _BASE_JOB_KEYS.match(o.split("=", 1)[0])]
+            for candidate in exp.base_candidates():
+                if candidate.key in added:
+                    continue
+                previous = read_record(run_dir(candidate.results_dir, candidate.key))
+                if previous is not None and previous.status == "ok":
+                    continue
+                one = [f"train.base.seed={candidate.seed}", "train.base.candidates=1"]
+                added[candidate.key] = [*keep, "action=base", *one]
+        return list(added.values())
 
     def missing_baselines(self, jobs: list[list[str]]) -> list[list[str]]:
         """Baseline jobs the sweep needs and neither it nor the results root already has (deduplicated)."""

@@ -71,10 +71,10 @@ import pandas as pd
 from . import figures as figures_module  # light (matplotlib is imported when drawing); samples idle CPUs
 from .errors import AblateError
 from .records import RECORD, RUNS, RunRecord, results_lock, run_key, write_text_atomic
+from .stats import ALPHA
 
 log = logging.getLogger(__name__)
 
-ALPHA = 0.05
 SEEDS_FACTOR = 15.7  # 2·(z_{0.975} + z_{0.8})²: seeds per arm to detect δ with spread σ
 AP_METRICS = (
     "map50",
@@ -115,6 +115,7 @@ CONFIG_COLUMNS = (
     "attn_variant",
     "train",
     "train_hash",
+    "init",
     "epochs",
     "imgsz",
     "batch",
@@ -134,6 +135,7 @@ TABLE_TEX, TABLE_MD = "tables/ablation.tex", "tables/ablation.md"
 RECORD_FIELDS = tuple(f.name for f in fields(RunRecord))
 INT_FIELDS = tuple(f.name for f in fields(RunRecord) if str(f.type).startswith("int"))
 DASH = "—"
+INIT_LABELS = {"warm": "warm start", "scratch": "from scratch", "weights": "from model.weights"}
 WHOLE_JSON = ("attn_params", "train_settings")  # dict fields also kept whole in runs.csv, as JSON
 DAGGER_TEX, GEQ_TEX = r"^\dagger", r"$\geq$"
 
@@ -422,6 +424,7 @@ def summarize(runs: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.D
     metrics = list(METRICS)
     g = ok.groupby("config_key", sort=False)
     summary = g[list(CONFIG_COLUMNS)].first().join(g.size().rename("n"))
+    summary = summary.join(g["init_run"].nunique().rename("init_runs"))  # warm start: bases behind the seeds
     seed_pairs = ok[["config_key", "seed"]].dropna().drop_duplicates().sort_values("seed", kind="stable")
     seeds = seed_pairs.groupby("config_key", sort=False)["seed"].agg(
         lambda v: " ".join(str(int(x)) for x in v)
@@ -458,7 +461,9 @@ def summarize(runs: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.D
 
 def _with_metrics(runs: pd.DataFrame) -> pd.DataFrame:
     missing = {
-        c: np.nan for c in (*METRICS, *CONFIG_COLUMNS, "seed", "config_key", "status") if c not in runs
+        c: np.nan
+        for c in (*METRICS, *CONFIG_COLUMNS, "seed", "config_key", "status", "init_run")
+        if c not in runs
     }
     return runs.assign(**missing) if missing else runs
 
@@ -549,12 +554,14 @@ def _label(s: pd.DataFrame, train_notes: Mapping[str, str] | None = None) -> pd.
         lambda i: "" if pd.isna(i) else f", {int(i)} px"
     )
     notes = s["train_hash"].astype(str).map(lambda h: (train_notes or {}).get(h, ""))
+    init = s["init"].fillna("scratch").astype(str).map(lambda i: INIT_LABELS.get(i, i))
     s["block"] = (
         s["model"].astype(str)
         + ", train "
         + s["train_label"]
         + schedule
         + notes.map(lambda n: f", {n}" if n else "")
+        + init.where(action == "train", "").map(lambda i: f", {i}" if i else "")
         + action.where(action != "train", "").map(lambda a: f", {a}" if a else "")
     )
     pos_label = s["pos"].astype(str).where(s["pos"] != "custom", "custom " + s["layers"].astype(str))
@@ -634,6 +641,23 @@ class Table:
     n_failed: int
     seeds: str
     missing_baseline: bool
+    warm: str = ""  # "shared": every seed fine-tunes one base checkpoint; "per_seed": one base per seed
+
+
+def _warm(s: pd.DataFrame) -> str:
+    """How the seeds of the table's warm-start rows relate to their base runs ("" when none warm-starts)."""
+    if "init" not in s or "init_runs" not in s:
+        return ""
+    warm = s[(s["init"] == "warm") & (s["n"] > 1)]
+    if warm.empty:
+        return ""
+    return (
+        "shared"
+        if (warm["init_runs"] <= 1).all()
+        else "per_seed"
+        if (warm["init_runs"] > 1).all()
+        else "mixed"
+    )
 
 
 def _f(x: Any) -> float | None:
@@ -693,6 +717,7 @@ def build_table(summary: pd.DataFrame, n_failed: int = 0) -> Table:
         n_failed,
         _common_seeds(s),
         any(c.baseline_missing for b in blocks for r in b.rows for c in r.cells.values()),
+        _warm(s),
     )
     _mark_best(table)
     return table
@@ -806,6 +831,16 @@ def _notes(table: Table, latex: bool) -> list[str]:
         "(the Detect head depends on the number of classes).",
         "Bold: best in its column and block (highest AP; lowest params, GFLOPs, latency), baseline included.",
     ]
+    if table.warm == "shared":
+        notes.append(
+            "Warm start: every seed of a row fine-tunes one base checkpoint (the baseline trained from "
+            "scratch, the lowest-training-loss of its candidates), so the spread over seeds leaves out the "
+            "variance of training that base."
+        )
+    elif table.warm:
+        notes.append(
+            "Warm start: each seed fine-tunes its own base checkpoint, trained from scratch with that seed."
+        )
     if table.missing_baseline:
         notes.append(f"({'---' if latex else DASH}): no baseline run with the same seeds.")
     if table.n_failed:
@@ -1128,7 +1163,10 @@ def make_tables(results_dir: Path, where: Mapping[str, Any] | None = None, figur
         if figures:  # workers (if any) forked now: their matplotlib import overlaps the statistics
             pool = figures_module.FigurePool()
         all_runs = runs_frame(loaded.records)
-        runs = filter_runs(all_runs, where)
+        listed = filter_runs(all_runs, where)
+        runs = listed  # warm-start base runs are listed in runs.csv, not tabulated (unless asked for)
+        if "role" in listed and "role" not in (where or {}):
+            runs = listed[listed["role"] != "base"]
         if runs.empty:
             what = f" matching {dict(where)}" if where else ""
             raise AblateError(f"no run records{what} under {results_dir / RUNS} (run python -m ablate first)")
@@ -1140,7 +1178,7 @@ def make_tables(results_dir: Path, where: Mapping[str, Any] | None = None, figur
         n_failed = int((runs["status"] != "ok").sum())
         table = build_table(summary, n_failed)
         t2 = time.perf_counter()
-        runs_csv = _write_runs(results_dir, runs)
+        runs_csv = _write_runs(results_dir, listed)
         summary_csv, tex, md = results_dir / SUMMARY_CSV, results_dir / TABLE_TEX, results_dir / TABLE_MD
         with results_lock(results_dir):
             write_text_atomic(summary_csv, summary.to_csv(index=False))

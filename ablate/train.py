@@ -50,9 +50,13 @@ def offline_safe() -> None:
     trainer_module.check_amp = check_amp
 
 
+ABLATE_KEYS = ("name", "extra", "init", "base", "threads")
+
+
 def train_args(train: dict[str, Any], seed: int, project: Path) -> dict[str, Any]:
-    """ultralytics ``model.train`` keyword arguments from our ``train`` config group."""
-    args = {k: v for k, v in train.items() if k not in ("name", "extra") and v is not None}
+    """ultralytics ``model.train`` keyword arguments from our ``train`` config group (without ablate's own
+    keys: the preset's name, how training starts, the base run's settings, the thread count)."""
+    args = {k: v for k, v in train.items() if k not in ABLATE_KEYS and v is not None}
     args.update(train.get("extra") or {})
     args.update(
         seed=seed,
@@ -81,6 +85,15 @@ def nan_guard(trainer: Any) -> None:
         raise NonFiniteLossError(f"non-finite training loss {flat.tolist()} at epoch {trainer.epoch + 1}")
 
 
+def last_epoch_loss(trainer: Any) -> float | None:
+    """The trainer's mean training loss over its last epoch, summed over the loss terms (box, cls, dfl)."""
+    losses = getattr(trainer, "tloss", None)
+    if losses is None:
+        return None
+    values = losses.values() if isinstance(losses, dict) else [losses]
+    return round(sum(float(torch.as_tensor(v, dtype=torch.float32).sum()) for v in values), 5)
+
+
 def is_ddp(device: Any) -> bool:
     """Whether ultralytics trains on several GPUs (``0,1`` or ``[0, 1]``) and so starts DDP workers."""
     if isinstance(device, list | tuple):
@@ -101,6 +114,22 @@ def resumable_epoch(last: Path) -> int | None:
     return epoch if epoch >= 0 else None
 
 
+def trim_results_csv(path: Path, epochs: int) -> None:
+    """Drop the rows of ultralytics' ``results.csv`` after epoch ``epochs`` (1-based).
+
+    ultralytics writes an epoch's row before its ``last.pt``: a run killed between the two resumes from the
+    epoch before and would log that epoch twice.
+    """
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [
+        ln for ln in lines[1:] if ln.split(",", 1)[0].strip().isdigit() and int(ln.split(",", 1)[0]) <= epochs
+    ]
+    if len(keep) != len(lines):
+        path.write_text("".join(keep))
+
+
 def timing_callbacks(timings: dict[str, float]) -> dict[str, list[Callable[[Any], None]]]:
     """Callbacks that note when training starts, when its first step starts, and when it ends."""
 
@@ -111,6 +140,20 @@ def timing_callbacks(timings: dict[str, float]) -> dict[str, list[Callable[[Any]
         "on_train_start": [lambda trainer: timings.setdefault("train_start", time.time())],
         "on_train_batch_start": [first_step],
         "on_train_end": [lambda trainer: timings.__setitem__("train_end", time.time())],
+    }
+
+
+def thread_callbacks(requested: int | None, seen: dict[str, int]) -> dict[str, list[Callable[[Any], None]]]:
+    """Set the CPU threads once ultralytics has chosen its own (``select_device``: cores − 1, at most 8)
+    when ``requested``, and note the count training runs with in ``seen["train"]``."""
+
+    def set_threads(trainer: Any) -> None:
+        if requested:
+            torch.set_num_threads(int(requested))
+
+    return {
+        "on_pretrain_routine_start": [set_threads],
+        "on_train_start": [lambda trainer: seen.__setitem__("train", torch.get_num_threads())],
     }
 
 
@@ -147,6 +190,7 @@ def train_and_validate(
     args = train_args(train, seed, project)
     if resumed_from is not None:
         log.info("resuming the interrupted run in %s after epoch %d", project, resumed_from + 1)
+        trim_results_csv(project / "results.csv", resumed_from + 1)
         model = YOLO(str(last), task="detect")
         args["resume"] = True
     else:
@@ -163,8 +207,9 @@ def train_and_validate(
     timings: dict[str, float] = {}
     if resumed_from is None:
         timings.update(ultralytics_build_start=start_build, ultralytics_model_built=built)
+    threads: dict[str, int] = {}
     events: dict[str, list[Callable[[Any], None]]] = {"on_train_epoch_end": [nan_guard]}
-    extras = [timing_callbacks(timings), callbacks or {}]
+    extras = [thread_callbacks(train.get("threads"), threads), timing_callbacks(timings), callbacks or {}]
     if is_ddp(train.get("device")):
         # ultralytics pickles the callbacks into its DDP workers, where closures over this process's
         # state (timings, the wandb run) would act on copies: only the NaN guard goes along
@@ -185,6 +230,8 @@ def train_and_validate(
     metrics = dict(model.trainer.metrics or {})
     out: dict[str, Any] = {k: _float(metrics.get(v)) for k, v in METRICS.items()}
     out["train_seconds"] = round(seconds, 2)
+    out["train_threads"] = threads.get("train")
+    out["train_loss"] = last_epoch_loss(model.trainer)
     out["save_dir"] = str(model.trainer.save_dir)
     out["resumed_from_epoch"] = None if resumed_from is None else resumed_from + 1
     out["timings"] = timings

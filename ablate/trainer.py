@@ -6,6 +6,10 @@
   layer scale ``gamma``) moves to the optimizer's no-decay weight group.
 * **Pretrained weights that arrive.** When the trainer seeds its model from an initialised one
   (``get_model(weights=...)``), every tensor must arrive; a mismatch is an error, not a log line.
+* **A class prior for the image size trained at.** ultralytics initialises Detect's class biases to
+  ``log(5 / nc / (640 / stride)²)`` (five objects per 640 px image); at 96 px that prior is
+  ``(640/96)² ≈ 44×`` too small, the class scores start near zero and short schedules from scratch
+  stall on some seeds. A model trained from scratch gets the same prior at ``imgsz`` instead.
 
 ``DetectionModel``'s DDP workers receive the trainer's class by import, so this class lives in a module.
 """
@@ -13,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -68,8 +73,19 @@ def exclude_from_decay(optimizer: torch.optim.Optimizer, model: nn.Module) -> li
     return sorted(moved)
 
 
+def fit_class_prior(model: nn.Module, imgsz: int) -> None:
+    """Detect's class biases as ultralytics sets them (five objects per image) for ``imgsz`` px images."""
+    head = unwrap_model(model).model[-1]
+    cls_heads = getattr(head, "cv3", None)
+    if cls_heads is None or not hasattr(head, "stride"):
+        return
+    for branch, stride in zip(cls_heads, head.stride, strict=False):
+        branch[-1].bias.data[: head.nc] = math.log(5 / head.nc / (imgsz / float(stride)) ** 2)
+
+
 class AblateTrainer(DetectionTrainer):
-    """``DetectionTrainer`` that honours ``no_weight_decay()`` and checks that initial weights arrive."""
+    """``DetectionTrainer`` that honours ``no_weight_decay()``, checks that initial weights arrive and sets
+    the class prior for the training image size."""
 
     def build_optimizer(self, model: nn.Module, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
         optimizer = super().build_optimizer(model, *args, **kwargs)
@@ -80,6 +96,8 @@ class AblateTrainer(DetectionTrainer):
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         if weights is not None:
             check_arrived(model, weights)
+        else:
+            fit_class_prior(model, int(self.args.imgsz))
         return model
 
 

@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 from ablate.cli import CONF_DIR
 
-TINY = [
+# a seconds-long run: 16 + 8 images, one epoch; from scratch (tests of the warm start add their own init)
+SMALL = [
     "dataset.train_images=16",
     "dataset.val_images=8",
     "dataset.imgsz=96",
@@ -22,6 +23,7 @@ TINY = [
     "measure.latency_repeats=5",
     "measure.latency_warmup=1",
 ]
+TINY = [*SMALL, "train.init=scratch"]
 
 
 def config(overrides: list[str], results: Path, data: Path) -> DictConfig:

@@ -278,3 +278,22 @@ def test_contact_sheet_tiles_images(generated: dict[str, Path], tmp_path: Path) 
     sheet = cv2.imread(str(out))
     assert sheet.shape == (2 * 96 * 2, 4 * 96 * 2, 3)
     assert (sheet == (0, 255, 0)).all(axis=2).any()  # boxes drawn
+
+
+def test_the_small_object_variant_is_all_small_objects(tmp_path: Path) -> None:
+    """conf/dataset/shapes_small.yaml: the shapes generator, every box under COCO's 32 px "small" limit."""
+    from ablate.experiment import experiment_from_config
+    from ablate.run import dataset_names, materialize_dataset
+
+    from .helpers import config
+
+    cfg = config(
+        ["dataset=shapes_small", "dataset.train_images=8", "dataset.val_images=32"], tmp_path, tmp_path
+    )
+    exp = experiment_from_config(cfg)
+    assert exp.dataset["name"] == "shapes_small" and dataset_names(exp.dataset) == list(datasets.SHAPE_NAMES)
+    data_yaml = Path(materialize_dataset(exp))
+    boxes = [b for p in sorted((data_yaml.parent / "labels" / "val").glob("*.txt")) for b in read_labels(p)]
+    assert len(boxes) >= 3 * 32
+    sides = np.array([max(w, h) * 96 for _, _, _, w, h in boxes])
+    assert sides.max() < 32 and sides.min() >= 5

@@ -182,12 +182,12 @@ def test_launchers_run_a_sweep(tmp_path: Path, launcher: list[str]) -> None:
     proc = ablate([*PROFILE, *launcher, "+attn=rala,tssa", "+pos=p5", "seed=0"], results, data)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     outcome = read_outcomes(sweep_dirs(results)[-1])
-    # shapes and digits (the default grid) x 2 modules, plus 2 baselines
+    # shapes and shapes_small (the default grid) x 2 modules, plus 2 baselines
     assert outcome.expected == 6 and len(outcome.outcomes) == 6
     assert {o.status for o in outcome.outcomes} == {"ok"}
     recs = records(results)
     assert sorted(r.attn for r in recs.values()) == ["none", "none", "rala", "rala", "tssa", "tssa"]
-    assert {r.dataset for r in recs.values()} == {"shapes", "digits"}
+    assert {r.dataset for r in recs.values()} == {"shapes", "shapes_small"}
 
 
 def test_killed_run_is_resumed_cleanly(tmp_path: Path) -> None:
@@ -233,3 +233,15 @@ def test_non_finite_loss_fails_the_run(tmp_path: Path) -> None:
     directory = tmp_path / "r" / "runs" / record.key
     assert "nan_guard" in (directory / "traceback.txt").read_text()
     assert read_record(directory).status == "failed"
+
+
+def test_resuming_drops_results_rows_of_the_epoch_last_pt_missed(tmp_path: Path) -> None:
+    """ultralytics writes an epoch's results.csv row before its last.pt: a kill between the two must not
+    leave that epoch twice once the run resumes from the epoch before."""
+    from ablate.train import trim_results_csv
+
+    path = tmp_path / "results.csv"
+    path.write_text("epoch,time,loss\n" + "".join(f"{e},{e}.0,0.{e}\n" for e in range(1, 6)))
+    trim_results_csv(path, 3)
+    assert path.read_text() == "epoch,time,loss\n1,1.0,0.1\n2,2.0,0.2\n3,3.0,0.3\n"
+    trim_results_csv(tmp_path / "absent.csv", 3)  # nothing to trim: no error

@@ -25,7 +25,7 @@ from ablate.records import RunRecord, run_dir, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]
-QUICK = {"name": "quick", "epochs": 40, "imgsz": 96, "batch": 8, "lr0": 0.004, "extra": {}}
+QUICK = {"name": "quick", "epochs": 40, "imgsz": 96, "batch": 8, "lr0": 0.001, "extra": {}}
 LONG = {**QUICK, "epochs": 80}
 HASH_Q, HASH_L = "q" * 16, "l" * 16
 
@@ -239,10 +239,10 @@ def test_one_seed_and_missing_baseline(
     odd = _summary_row(report, HASH_Q, "odd_set", "tssa", "p4")
     assert odd["delta_map50_95_n"] == 0 and math.isnan(odd["delta_map50_95"])
     # only the recorded settings that differ from conf/train/quick.yaml become overrides (the fixture's
-    # records have 40 epochs, imgsz 96, batch 8)
+    # records have the QUICK settings)
     preset = yaml.safe_load((Path(table.__file__).parents[1] / "conf/train/quick.yaml").read_text())
     differing = "".join(
-        f" train.{k}={v}" for k, v in (("epochs", 40), ("imgsz", 96), ("batch", 8)) if preset[k] != v
+        f" train.{k}={v}" for k, v in QUICK.items() if k not in ("name", "extra") and preset[k] != v
     )
     assert report.baseline_commands == [
         f"python -m ablate model=yolo12n dataset=odd_set train=quick{differing} seed=0,1 -m"
@@ -265,7 +265,7 @@ def test_latex_contents_bold_and_markers(made: tuple[Path, table.Report]) -> Non
     assert tex.isascii()
     assert r"\toprule" in tex and r"\caption{" in tex and r"\label{tab:ablation}" in tex
     assert "odd\\_set" in tex and "odd_set" not in tex.replace("odd\\_set", "")
-    quick_block = "yolo12n, train quick (qqqqqqqq), 40 ep, 96 px}"
+    quick_block = "yolo12n, train quick (qqqqqqqq), 40 ep, 96 px, from scratch}"
     base = _tex_row(tex, "none (baseline)", quick_block)
     rala = _tex_row(tex, "rala", quick_block)
     fla = _tex_row(tex, "fla", quick_block)
@@ -498,3 +498,24 @@ def test_module_variants_are_labelled(tmp_path: Path) -> None:
     labels = set(report.summary["attn_label"])
     assert labels == {"none (baseline)", "rala (no RoPE)"}
     assert "rala (no RoPE)" in Path(report.tex).read_text()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-base", "base-per-seed"])
+def test_warm_start_rows_say_so_in_the_block_and_the_footnote(tmp_path: Path, shared: bool) -> None:
+    for attn, pos in (("none", "none"), ("rala", "neck")):
+        for seed in (0, 1, 2):
+            init_run = "base0" if shared else f"base{seed}"
+            rec = _record(HASH_Q, "shapes", attn, pos, seed, init="warm", init_run=init_run)
+            rec.map50, rec.map50_95 = 0.8 + 0.01 * seed, 0.6
+            write_record(run_dir(tmp_path, rec.key), rec)
+    base = _record(HASH_L, "shapes", "none", "none", 0, role="base", map50=0.9, map50_95=0.7)
+    write_record(run_dir(tmp_path, base.key), base)
+    report = table.make_tables(tmp_path, figures=False)
+    assert set(report.summary["block"]) == {"yolo12n, train quick (qqqqqqqq), 40 ep, 96 px, warm start"}
+    md = Path(report.md).read_text()
+    if shared:
+        assert "every seed of a row fine-tunes one base checkpoint" in md and "leaves out the variance" in md
+    else:
+        assert "each seed fine-tunes its own base checkpoint" in md
+    with open(report.runs_csv) as f:  # the base run is listed, not tabulated
+        assert any(r["role"] == "base" for r in csv.DictReader(f))
