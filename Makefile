@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test lint format latency bench table table-bench overhead calibrate clean
+.PHONY: help install demo test lint format latency bench table measure measure-bench table-bench overhead calibrate clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,15 +40,22 @@ format: install  ## ruff fix + format
 	$(BIN)/ruff format .
 
 latency: install  ## per-module CPU forward latency at C=128, 80x80
-	$(BIN)/python -m ablate.module_latency
+	$(BIN)/python -m ablate.benchmarks.module_latency
 
 bench: install  ## module complexity benchmark (all modules + timm/ultralytics peers) -> results/bench
-	$(BIN)/python -m ablate.bench
+	$(BIN)/python -m ablate.benchmarks.complexity
 
 RESULTS ?= results
 WHERE ?=
 table: install  ## tables + figures from results/ (RESULTS=dir, WHERE="dataset=shapes attn=rala,fla")
 	$(BIN)/python -m ablate.table --results $(RESULTS) $(foreach w,$(WHERE),--where $(w))
+
+BACKEND ?= torch
+measure: install  ## the measurement phase: latency of every architecture under RESULTS, side by side (BACKEND="torch onnxruntime")
+	$(BIN)/python -m ablate.measure --results $(RESULTS) --backend $(BACKEND) $(foreach w,$(WHERE),--where $(w))
+
+measure-bench: install  ## the measurement phase twice back to back on RESULTS: ratio agreement, overhead, ranking
+	$(BIN)/python -m ablate.benchmarks.measure_phase --results $(RESULTS) --backend $(BACKEND)
 
 SEEDS ?= 5
 JOBS ?= 2
@@ -57,10 +64,10 @@ calibrate: install  ## baseline over SEEDS seeds per dataset: spread and detecta
 	$(BIN)/python -m ablate.calibrate --seeds $(SEEDS) --jobs $(JOBS) --results $(RESULTS) $(ARGS)
 
 table-bench: install  ## time make table's work on 10,000 synthetic records
-	$(BIN)/python -m ablate.table_bench
+	$(BIN)/python -m ablate.benchmarks.table
 
 overhead: install  ## sweep orchestration overhead per job (launch -> first training step)
-	$(BIN)/python -m ablate.overhead_bench
+	$(BIN)/python -m ablate.benchmarks.overhead
 
 clean:  ## remove generated results (keeps .venv)
 	rm -rf results/* .pytest_cache

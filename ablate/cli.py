@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -23,6 +24,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import sweep
 from .errors import AblateError
 from .records import RunRecord
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "attn", "pos", "dataset", "train", "logger")
@@ -59,8 +63,7 @@ def summary_line(record: RunRecord, directory: Path) -> str:
     return (
         f"{record.status}: {record.model} attn={record.attn} pos={record.pos} dataset={record.dataset} "
         f"seed={record.seed} mAP50={_fmt(record.map50, '.3f')} mAP50-95={_fmt(record.map50_95, '.3f')} "
-        f"params={_fmt(record.params, ',')} GFLOPs={_fmt(record.gflops, '.2f')} "
-        f"latency={_fmt(record.latency_ms, '.1f')}ms -> {directory}"
+        f"params={_fmt(record.params, ',')} GFLOPs={_fmt(record.gflops, '.2f')} -> {directory}"
     )
 
 
@@ -118,7 +121,8 @@ def run_job(cfg: DictConfig) -> float | None:
     from .run import execute
 
     try:
-        record = execute(experiment_from_config(cfg), cfg)
+        exp = experiment_from_config(cfg)
+        record = execute(exp, cfg)
     except AblateError as e:
         fail(str(e))
         return None
@@ -127,7 +131,18 @@ def run_job(cfg: DictConfig) -> float | None:
     print(summary_line(record, Path(cfg.results.dir) / "runs" / record.key))
     if record.status != "ok":
         fail(f"run {record.key} failed: {record.error}")
+    if record.action == "profile":  # a measurement of one architecture: its latency beside its baseline
+        profile_latency(exp, record)
     return record.map50_95
+
+
+def profile_latency(exp: Experiment, record: RunRecord) -> None:
+    """The measurement phase for one profiled architecture (and its baseline), printed."""
+    from .measure.phase import format_phase, run_phase, settings_from_config
+
+    settings = settings_from_config(exp.measure["latency"], exp.train.get("device"))
+    for result in run_phase(exp.results_dir, settings, [record.to_dict()], force=exp.force):
+        print(format_phase(result))
 
 
 def sweep_job(cfg: DictConfig) -> float | None:

@@ -81,7 +81,7 @@ class Experiment:
             "dataset": self.dataset,
             "seed": self.seed,
             "train": {k: v for k, v in self.train.items() if k not in EXECUTION_KEYS},
-            "measure": {"imgsz": self.measure.get("imgsz"), "half": self.measure.get("half", False)},
+            "measure": {"imgsz": self.measure.get("imgsz")},
         }
 
     @property
@@ -226,6 +226,18 @@ def check_device(key: str, value: Any) -> None:
     raise AblateError(f"{key}={value!r} is not available on this machine; valid: {', '.join(valid)}")
 
 
+def check_latency(latency: dict[str, Any], train_device: Any) -> None:
+    """The measurement phase's settings (``measure.latency``): backends, device, schedule."""
+    from .measure.phase import settings_from_config
+
+    device = latency.get("device") or train_device
+    check_device("measure.latency.device", device)
+    try:
+        settings_from_config(latency, train_device)
+    except (ValueError, TypeError) as e:
+        raise AblateError(str(e)) from None
+
+
 def resolve_weights(cfg: DictConfig) -> tuple[str | None, str | None, bool]:
     """``model.weights`` as (resolved path, sha256, strict); the file must exist and be readable."""
     from .weights import check_weights_file, file_sha256
@@ -271,10 +283,9 @@ def experiment_from_config(cfg: DictConfig) -> Experiment:
     placement, pos = resolve_placement(cfg)
     measure = _container(cfg.get("measure")) or {}
     measure["imgsz"] = measure.get("imgsz") or train["imgsz"]
-    measure["device"] = measure.get("device") or train.get("device") or "cpu"
     if isinstance(measure["imgsz"], bool) or not isinstance(measure["imgsz"], int) or measure["imgsz"] <= 0:
         raise AblateError(f"measure.imgsz={measure['imgsz']!r} is not valid; it must be a positive integer")
-    check_device("measure.device", measure["device"])
+    check_latency(measure.setdefault("latency", {}), train.get("device"))
     weights, weights_sha256, weights_strict = resolve_weights(cfg)
     check_init(train)
     if action == "base" and not isinstance(train.get("base"), dict):

@@ -70,24 +70,17 @@ class RunRecord:
     train_seconds: float | None = None
     train_threads: int | None = None  # torch CPU threads while training (results can depend on them)
     train_loss: float | None = None  # mean training loss (box + cls + dfl) of the last epoch
-    # measures (ablate.measure): parameters added/swapped in, attention-inclusive FLOPs, latency, AP by size
+    # exact costs (ablate.measure.cost): parameters added/swapped in, attention-inclusive FLOPs. Latency is
+    # not a run's: the measurement phase (ablate.measure.phase) times each architecture, keyed arch_key
+    arch_key: str = ""
     params_attn: int | None = None
     gflops: float | None = None
     gflops_imgsz: list[int] = field(default_factory=list)
     gflops_counter: str | None = None
     gflops_ultralytics: float | None = None
     gflops_ultralytics_counter: str | None = None
-    latency_ms: float | None = None
-    latency_p10_ms: float | None = None
-    latency_p90_ms: float | None = None
-    latency_count: int | None = None
-    latency_batch: int | None = None
-    latency_device: str | None = None
-    latency_dtype: str | None = None
-    latency_threads: int | None = None
-    throughput_ips: float | None = None
     peak_memory_train_mb: float | None = None
-    peak_memory_infer_mb: float | None = None
+    # COCO AP overall and by object size (ablate.evaluation)
     map50_95_coco: float | None = None
     map50_coco: float | None = None
     ap_small: float | None = None
@@ -108,6 +101,16 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         stored = {f.name for f in dataclasses.fields(self) if f.metadata.get("stored", True)}
         return {k: v for k, v in dataclasses.asdict(self).items() if k in stored}
+
+    def update(self, fields: dict[str, Any]) -> RunRecord:
+        """Set the record fields named in ``fields`` (a measurement's result); an unknown name is an error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(fields) - known
+        if unknown:
+            raise KeyError(f"not RunRecord fields: {', '.join(sorted(unknown))}")
+        for k, v in fields.items():
+            setattr(self, k, v)
+        return self
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunRecord:

@@ -1,4 +1,6 @@
-"""One experiment end to end: compose, fail fast, (inspect | train), record."""
+"""One experiment end to end, as a linear pipeline: compose → (train → evaluate) → cost → record.
+
+One failure path (:func:`finish`) writes the record and finishes tracking, once, whatever happened."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from .compose import (
 from .errors import AblateError
 from .experiment import Experiment
 from .records import RunRecord, git_sha, now, read_record, run_dir, run_lock, versions, write_record
-from .tracking import start_run
+from .tracking import Tracker, start_run
 from .weights import Transfer, plan_transfer, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -173,52 +175,19 @@ def base_record(
         sweep=exp.sweep,
         role=exp.role,
         params=count_params(model) if model is not None else None,
+        arch_key=architecture_of(model, d, exp) if model is not None and d is not None else "",
         versions=versions(),
         git_sha=git_sha(),
         started_at=now(),
     )
 
 
-def record_measures(record: RunRecord, model: torch.nn.Module, measure: dict[str, Any]) -> None:
-    """Parameters added by the placement, attention-inclusive GFLOPs, ultralytics' GFLOPs, latency."""
-    from . import measure as m
+def architecture_of(model: torch.nn.Module, d: dict[str, Any], exp: Experiment) -> str:
+    """The key the measurement phase times this model under: composed YAML and measured input size."""
+    from .measure.cost import stride_size
+    from .measure.phase import architecture_key
 
-    imgsz = int(measure["imgsz"])
-    record.params_attn = m.params_attn(model)
-    flops = m.count_flops(model, imgsz)
-    record.gflops, record.gflops_imgsz = round(flops.gflops, 4), list(flops.imgsz)
-    record.gflops_counter = f"{flops.counter} ({flops.version})"
-    try:
-        theirs = m.ultralytics_flops(model, imgsz)
-        record.gflops_ultralytics = round(theirs.gflops, 4)
-        record.gflops_ultralytics_counter = f"{theirs.counter} ({theirs.version})"
-    except m.ZeroFlopsError as e:  # ultralytics' own figure is informative only
-        log.warning("ultralytics get_flops gave no figure: %s", e)
-    device, half = str(measure.get("device") or "cpu"), bool(measure.get("half"))
-    repeats, warmup = int(measure.get("latency_repeats", 100)), int(measure.get("latency_warmup", 20))
-    lat = m.measure_latency(model, imgsz, repeats=repeats, warmup=warmup, device=device, half=half)
-    record.latency_ms = round(lat.latency_ms, 3)
-    record.latency_p10_ms, record.latency_p90_ms = round(lat.latency_p10_ms, 3), round(lat.latency_p90_ms, 3)
-    record.latency_count, record.latency_batch, record.latency_device = lat.count, lat.batch, lat.device
-    record.latency_dtype, record.latency_threads = lat.dtype, lat.threads
-    record.peak_memory_infer_mb = lat.peak_memory_mb
-    batch = int(measure.get("throughput_batch") or 0)
-    if batch > 0:
-        ips = m.measure_throughput(model, imgsz, batch=batch, device=device, half=half)
-        record.throughput_ips = round(ips, 2)
-
-
-def record_ap_by_size(record: RunRecord, data_yaml: str, weights: Path, imgsz: int, out: Path) -> None:
-    """COCO AP overall and by object size from the trained model's predictions on the val split."""
-    from . import measure as m
-
-    if not Path(data_yaml).is_file():
-        log.warning("AP by size skipped: %s is not a local data YAML", data_yaml)
-        return
-    gt = m.yolo_to_coco_gt(data_yaml, "val")
-    dets = m.predictions_to_coco(weights, gt, imgsz, out=out)
-    for key, value in m.coco_ap_by_size(gt, dets).items():
-        setattr(record, key, value)
+    return architecture_key(d, stride_size(model, int(exp.measure["imgsz"])))
 
 
 def materialize_dataset(exp: Experiment) -> str:
@@ -302,11 +271,33 @@ def run_locked(
     directory: Path,
     transfer: Transfer | None = None,
 ) -> RunRecord:
-    """The run itself, with the run directory locked: files, training, measures, the record."""
+    """The run itself, with the run directory locked: its files, then train → evaluate → cost, then
+    :func:`finish` (also on failure: one failed run must not hide the others)."""
+    write_run_files(exp, cfg, record.key, d, directory)
+    config = cfg if cfg is not None else exp.spec()
+    tracker = start_run(record, exp.logger, exp.results_dir, config)  # logger=none: a no-op tracker
+    try:
+        if exp.action == "train":
+            data_yaml = materialize_dataset(exp)
+            trained = train(exp, data_yaml, directory, transfer, tracker)
+            record.update({**trained, "timings": {**record.timings, **trained["timings"]}})
+            if exp.measure.get("coco_eval", True):
+                record.update(evaluate(exp, data_yaml, directory))
+        from .measure.cost import cost_fields
+
+        record.update(cost_fields(model, int(exp.measure["imgsz"])))
+        record.status = "ok"
+    except Exception as e:
+        mark_failed(record, e, directory)
+    return finish(record, directory, tracker)
+
+
+def write_run_files(
+    exp: Experiment, cfg: DictConfig | None, key: str, d: dict[str, Any], directory: Path
+) -> None:
+    """``model.yaml`` and ``config.yaml`` of the run; a previous attempt's record and traceback removed."""
     write_yaml(
-        d,
-        directory / MODEL_YAML,
-        header=f"ablate {exp.model} + attn={exp.attn} pos={exp.pos} key={record.key}",
+        d, directory / MODEL_YAML, header=f"ablate {exp.model} + attn={exp.attn} pos={exp.pos} key={key}"
     )
     if cfg is not None:
         (directory / CONFIG_YAML).write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -314,49 +305,55 @@ def run_locked(
         (directory / CONFIG_YAML).write_text(yaml.safe_dump(exp.spec(), sort_keys=False))
     for stale in ("record.json", "traceback.txt"):
         (directory / stale).unlink(missing_ok=True)
-    tracker = start_run(exp, record.key, exp.sweep, cfg)  # one wandb run per executed run (logger=none: off)
-    try:
-        if exp.action == "train":
-            data_yaml = materialize_dataset(exp)
-            from .train import train_and_validate
 
-            result = train_and_validate(
-                directory / MODEL_YAML,
-                data_yaml,
-                exp.train,
-                exp.seed,
-                directory / ULTRALYTICS_DIR,
-                initial_state=transfer.state if transfer is not None else None,
-                callbacks=tracker.callbacks(),
-                resume=not exp.force,
-            )
-            for k in TRAIN_RESULT_FIELDS:
-                setattr(record, k, result[k])
-            record.resumed_from_epoch = result["resumed_from_epoch"]
-            record.timings.update(result["timings"])
-            if exp.measure.get("coco_eval", True):
-                best = Path(result["save_dir"]) / "weights" / "best.pt"
-                record_ap_by_size(record, data_yaml, best, int(exp.train["imgsz"]), directory / PREDICTIONS)
-        record_measures(record, model, exp.measure)
-        record.status = "ok"
-    except Exception as e:  # recorded, not raised: one failed run must not hide the others
-        record = record_failure(exp, record, e)
-        tracker.finish(record)
-        return record
+
+def train(
+    exp: Experiment, data_yaml: str, directory: Path, transfer: Transfer | None, tracker: Tracker
+) -> dict[str, Any]:
+    """Train and validate; the record fields of the result (``timings`` to be merged)."""
+    from .train import train_and_validate
+
+    result = train_and_validate(
+        directory / MODEL_YAML,
+        data_yaml,
+        exp.train,
+        exp.seed,
+        directory / ULTRALYTICS_DIR,
+        initial_state=transfer.state if transfer is not None else None,
+        callbacks=tracker.callbacks(),
+        resume=not exp.force,
+    )
+    fields = {k: result[k] for k in TRAIN_RESULT_FIELDS}
+    return {**fields, "resumed_from_epoch": result["resumed_from_epoch"], "timings": result["timings"]}
+
+
+def evaluate(exp: Experiment, data_yaml: str, directory: Path) -> dict[str, Any]:
+    """COCO AP overall and by object size of the run's best checkpoint on the val split."""
+    from .evaluation import ap_by_size
+
+    best = directory / ULTRALYTICS_DIR / "weights" / "best.pt"
+    return ap_by_size(data_yaml, best, int(exp.train["imgsz"]), directory / PREDICTIONS)
+
+
+def mark_failed(record: RunRecord, error: BaseException, directory: Path) -> None:
+    """``record`` becomes ``failed`` with the error; the traceback goes to ``traceback.txt``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    record.status, record.error = "failed", f"{type(error).__name__}: {error}"
+    (directory / "traceback.txt").write_text("".join(traceback.format_exception(error)))
+    log.error("run %s failed: %s", record.key, record.error)
+
+
+def finish(record: RunRecord, directory: Path, tracker: Tracker | None = None) -> RunRecord:
+    """The end of every run, ok or failed: the record written, tracking finished (once)."""
     record.finished_at = now()
     write_record(directory, record)
-    tracker.finish(record)
+    if tracker is not None:
+        tracker.finish(record)
     return record
 
 
 def record_failure(exp: Experiment, record: RunRecord, error: BaseException) -> RunRecord:
-    """Write a ``failed`` record with the error and ``traceback.txt`` into the run directory."""
+    """A run that failed before it started (a model that does not build in a sweep): its record."""
     directory = run_dir(exp.results_dir, record.key)
-    directory.mkdir(parents=True, exist_ok=True)
-    record.status, record.error = "failed", f"{type(error).__name__}: {error}"
-    text = "".join(traceback.format_exception(error))
-    (directory / "traceback.txt").write_text(text)
-    log.error("run %s failed: %s", record.key, record.error)
-    record.finished_at = now()
-    write_record(directory, record)
-    return record
+    mark_failed(record, error, directory)
+    return finish(record, directory)

@@ -265,6 +265,11 @@ class SweepSummary(Callback):
         LAST_SWEEP = result
         results_dir = Path(str(config.results.dir))
         print(format_result(result), flush=True)
+        try:
+            for phase in measure_after_sweep(config):
+                print(phase, flush=True)
+        except Exception as e:  # the runs stand without latency; make measure can add it later
+            log.warning("the measurement phase failed (%s: %s); run make measure later", type(e).__name__, e)
         if not self.table:
             return
         report = None
@@ -291,3 +296,44 @@ class SweepSummary(Callback):
             tracking.log_sweep_summary(results_dir, logger, result.sweep_dir.name, report.summary, figures)
         except Exception as e:
             log.warning("sweep summary not logged to %s: %s", logger.get("name"), e)
+
+
+def measure_after_sweep(config: DictConfig) -> list[str]:
+    """The measurement phase after the sweep's last training job: on this machine, or, under a submitit
+    launcher, as one final job of that launcher (same cluster and resources). Returns the printed tables."""
+    from .measure.phase import format_phase, run_phase, settings_from_config
+
+    latency = OmegaConf.to_container(config.measure.latency, resolve=True)
+    assert isinstance(latency, dict)
+    if not latency.get("after_sweep", True):
+        return []
+    settings = settings_from_config(latency, config.train.get("device"))
+    results_dir = Path(str(config.results.dir)).resolve()
+    launcher = config.hydra.launcher
+    if "submitit" in str(launcher.get("_target_", "")).lower():
+        results = submitit_job(launcher, Path(str(config.hydra.sweep.dir)), run_phase, results_dir, settings)
+    else:
+        results = run_phase(results_dir, settings)
+    return [format_phase(r) for r in results]
+
+
+def submitit_job(launcher: DictConfig, sweep_dir: Path, func: Any, *args: Any) -> Any:
+    """Run ``func(*args)`` as one job of the sweep's submitit launcher (its executor and resources, as
+    hydra-submitit-launcher maps them) and return its result."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    params = OmegaConf.to_container(launcher, resolve=True)
+    assert isinstance(params, dict)
+    cluster = "slurm" if "slurm" in str(params.pop("_target_", "")).lower() else "local"
+    params.pop("submitit_folder", None)
+    init = (
+        {f"{cluster}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
+    )
+    executor = submitit.AutoExecutor(folder=str(sweep_dir / ".submitit" / "measure"), cluster=cluster, **init)
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"{cluster}_{k}": v for k, v in params.items()})
+    executor.update_parameters(name="ablate-measure")
+    job = executor.submit(func, *args)
+    log.info("measurement phase: submitit %s job %s", cluster, job.job_id)
+    return job.result()

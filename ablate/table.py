@@ -30,7 +30,10 @@ Reads every ``<results>/runs/*/record.json`` and writes into ``<results>``:
   the baseline first, then rows by position (preset order), then attention; Params (M), GFLOPs and
   Latency (ms), taken from the configuration's runs on the first dataset column that has them (the
   Detect head, hence the counts, depends on the number of classes; params and GFLOPs are
-  deterministic, so their std is left out when it is 0), then mAP50, mAP50-95 and AP_S per dataset in
+  deterministic, so their std is left out when it is 0). Latency is the measurement phase's median for
+  the run's architecture (``arch_key``; :mod:`ablate.measure.phase`, ``--latency-backend``, default
+  torch), with ``(r×)``: its ratio to the baseline timed in the same rounds; the footnote names the
+  backend, device, threads, dtype and batch. Then mAP50, mAP50-95 and AP_S per dataset in
   %, as ``mean ± std`` with the Δ to the baseline in parentheses, ``†`` where the paired t-test is
   significant, ``(—)`` where no baseline run shares a seed, and ``n`` where it differs from the
   usual. Bold: the best value per column and block, baseline included: highest AP, lowest params,
@@ -92,15 +95,16 @@ COST_METRICS = (
     "params_attn",
     "gflops",
     "gflops_ultralytics",
-    "latency_ms",
+    "latency_ms",  # the measurement phase's, joined by arch_key (ablate.measure.phase)
     "latency_p10_ms",
     "latency_p90_ms",
+    "latency_ratio",
     "peak_memory_train_mb",
-    "peak_memory_infer_mb",
 )
-METRICS = (*AP_METRICS, *COST_METRICS, "throughput_ips", "train_seconds")
-HIGHER_IS_BETTER = frozenset((*AP_METRICS, "throughput_ips"))
-DELTA_METRICS = ("map50", "map50_95", "ap_small", "ap_medium", "ap_large", "latency_ms")
+METRICS = (*AP_METRICS, *COST_METRICS, "train_seconds")
+HIGHER_IS_BETTER = frozenset(AP_METRICS)
+DELTA_METRICS = ("map50", "map50_95", "ap_small", "ap_medium", "ap_large")
+LATENCY_SETTINGS = ("latency_backend", "latency_device", "latency_dtype", "latency_batch", "latency_threads")
 # descriptive columns of a configuration (identical for every seed of one config_key)
 CONFIG_COLUMNS = (
     "action",
@@ -120,6 +124,7 @@ CONFIG_COLUMNS = (
     "imgsz",
     "batch",
     "baseline_key",
+    *LATENCY_SETTINGS,
 )
 # table columns: (metric, header, scale)
 MEASURE_COLUMNS = (
@@ -616,6 +621,7 @@ class Cell:
     sig: bool = False
     baseline_missing: bool = False
     bold: bool = False
+    ratio: float | None = None  # latency: the ratio to the baseline timed in the same rounds
 
 
 @dataclass
@@ -642,6 +648,7 @@ class Table:
     seeds: str
     missing_baseline: bool
     warm: str = ""  # "shared": every seed fine-tunes one base checkpoint; "per_seed": one base per seed
+    latency: list[str] = field(default_factory=list)  # the measurement settings behind the latency column
 
 
 def _warm(s: pd.DataFrame) -> str:
@@ -703,6 +710,15 @@ def build_table(summary: pd.DataFrame, n_failed: int = 0) -> Table:
                     ),
                     Cell(),
                 )
+            if not base:
+                cells[("", "latency_ms")].ratio = next(
+                    (
+                        v
+                        for ds in datasets
+                        if (r := by_ds.get(ds)) is not None and (v := _f(r["latency_ratio_mean"]))
+                    ),
+                    None,
+                )
             rows.append(Row(str(pos), str(attn), base, cells))
         blocks.append(Block(str(label), rows))
     decimals = {
@@ -718,9 +734,22 @@ def build_table(summary: pd.DataFrame, n_failed: int = 0) -> Table:
         _common_seeds(s),
         any(c.baseline_missing for b in blocks for r in b.rows for c in r.cells.values()),
         _warm(s),
+        _latency_settings(s),
     )
     _mark_best(table)
     return table
+
+
+def _latency_settings(s: pd.DataFrame) -> list[str]:
+    """Each distinct measurement setting behind the latency column, as one phrase."""
+    if "latency_backend" not in s:
+        return []
+    rows = s.dropna(subset=["latency_backend"])[list(LATENCY_SETTINGS)].drop_duplicates()
+    return [
+        f"{r['latency_backend']} on {r['latency_device']}, {int(r['latency_threads'])} threads, "
+        f"{r['latency_dtype']}, batch {int(r['latency_batch'])}"
+        for r in rows.to_dict("records")
+    ]
 
 
 def _common_seeds(s: pd.DataFrame) -> str:
@@ -800,6 +829,8 @@ def _cell_text(cell: Cell, decimals: int, n_modal: int, latex: bool, measure: bo
         text += (r" $\pm$ " if latex else " ± ") + _num(cell.std, decimals)
     if cell.n != n_modal:
         text += rf"${{}}_{{n={cell.n}}}$" if latex else f" (n={cell.n})"
+    if cell.ratio is not None:
+        text += rf" ({cell.ratio:.2f}$\times$)" if latex else f" ({cell.ratio:.2f}×)"
     if cell.baseline_missing:
         text += " (---)" if latex else f" ({DASH})"
     elif cell.delta is not None:
@@ -827,8 +858,9 @@ def _notes(table: Table, latex: bool) -> list[str]:
         f"{delta} (in parentheses): mean over the seeds both have of the per-seed difference to the baseline "
         f"of the same dataset and training settings; {dagger}: {p05}, two-sided paired t-test on the "
         f"per-seed differences (n {geq} 2 paired seeds).",
-        "Params, GFLOPs and latency: from the runs on the first dataset column that has them "
+        "Params, GFLOPs and latency: of the architecture on the first dataset column that has them "
         "(the Detect head depends on the number of classes).",
+        _latency_note(table, latex),
         "Bold: best in its column and block (highest AP; lowest params, GFLOPs, latency), baseline included.",
     ]
     if table.warm == "shared":
@@ -846,6 +878,19 @@ def _notes(table: Table, latex: bool) -> list[str]:
     if table.n_failed:
         notes.append(f"{table.n_failed} failed run{'s' if table.n_failed != 1 else ''} excluded.")
     return notes
+
+
+def _latency_note(table: Table, latex: bool) -> str:
+    """Where the latency column comes from: the measurement phase and its settings."""
+    times = r"$\times$" if latex else "×"
+    if not table.latency:
+        return "Latency: not measured yet (python -m ablate.measure)."
+    where = "; ".join(latex_escape(t) if latex else t for t in table.latency)
+    return (
+        f"Latency (ms): median forward pass of the measurement phase ({where}), every architecture timed "
+        f"alone on the machine in interleaved rounds; ({times}): ratio to the baseline timed in the same "
+        "rounds (median over rounds)."
+    )
 
 
 def _value_cells(table: Table, row: Row, latex: bool) -> list[str]:
@@ -1004,7 +1049,7 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 def summary_table(results_dir: Path, where: dict | None = None) -> str:
     """A short plain-text summary table of the results under ``results_dir`` (for the terminal)."""
-    all_runs = runs_frame(load_records(Path(results_dir)).records)
+    all_runs = with_latency(runs_frame(load_records(Path(results_dir)).records), Path(results_dir))
     runs = filter_runs(all_runs, where)
     if runs.empty:
         return f"no run records under {Path(results_dir) / RUNS}"
@@ -1149,7 +1194,25 @@ class Report:
     baseline_commands: list[str]
 
 
-def make_tables(results_dir: Path, where: Mapping[str, Any] | None = None, figures: bool = True) -> Report:
+def with_latency(runs: pd.DataFrame, results_dir: Path, backend: str = "torch") -> pd.DataFrame:
+    """``runs`` with the measurement phase's latency of each run's architecture on ``backend`` (the newest
+    measurement; columns :data:`ablate.measure.phase.FIELDS`, empty where none is stored)."""
+    from .measure.phase import FIELDS, latest_by_architecture, read_measures
+
+    runs = runs.drop(columns=[c for c in (*FIELDS, "throughput_ips", "peak_memory_infer_mb") if c in runs])
+    chosen = latest_by_architecture(read_measures(results_dir), backend)
+    if "arch_key" not in runs or not chosen:
+        return runs
+    measured = pd.DataFrame([{k: m.get(k) for k in ("arch_key", *FIELDS)} for m in chosen.values()])
+    return runs.merge(measured, on="arch_key", how="left")
+
+
+def make_tables(
+    results_dir: Path,
+    where: Mapping[str, Any] | None = None,
+    figures: bool = True,
+    latency_backend: str = "torch",
+) -> Report:
     """Everything ``make table`` writes, for the runs under ``results_dir`` matching ``where``.
 
     Raises :class:`AblateError` (before writing anything) for an unknown ``where`` column or when no
@@ -1162,7 +1225,7 @@ def make_tables(results_dir: Path, where: Mapping[str, Any] | None = None, figur
         loaded = load_records(results_dir)
         if figures:  # workers (if any) forked now: their matplotlib import overlaps the statistics
             pool = figures_module.FigurePool()
-        all_runs = runs_frame(loaded.records)
+        all_runs = with_latency(runs_frame(loaded.records), results_dir, latency_backend)
         listed = filter_runs(all_runs, where)
         runs = listed  # warm-start base runs are listed in runs.csv, not tabulated (unless asked for)
         if "role" in listed and "role" not in (where or {}):
@@ -1216,6 +1279,11 @@ def main(argv: list[str] | None = None) -> None:
         help="keep runs whose runs.csv COLUMN equals VALUE (comma: any of; repeatable: all of)",
     )
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
+    parser.add_argument(
+        "--latency-backend",
+        default="torch",
+        help="whose latency the table shows (torch, onnxruntime, tensorrt)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no terminal table (warnings still shown)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and phase times")
     args = parser.parse_args(argv)
@@ -1223,7 +1291,9 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s"
     )
     try:
-        report = make_tables(Path(args.results), parse_where(args.where), figures=not args.no_figures)
+        report = make_tables(
+            Path(args.results), parse_where(args.where), not args.no_figures, args.latency_backend
+        )
     except AblateError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

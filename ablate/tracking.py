@@ -29,7 +29,6 @@ from .errors import AblateError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .experiment import Experiment
     from .records import RunRecord
 
 log = logging.getLogger(__name__)
@@ -127,50 +126,46 @@ def _numbers(d: Mapping[str, Any]) -> dict[str, float]:
     return {str(k): n for k, v in d.items() if (n := _number(v)) is not None}
 
 
-def run_name(exp: Experiment) -> str:
+def run_name(record: RunRecord) -> str:
     """A readable run name: ``yolo12n/rala@neck/shapes/s0`` (``baseline`` for no attention)."""
-    what = "baseline" if exp.attn == "none" else f"{exp.attn}@{exp.pos}"
-    name = f"{exp.model}/{what}/{exp.dataset.get('name')}/s{exp.seed}"
-    return name if exp.action == "train" else f"{name}/{exp.action}"
+    what = "baseline" if record.attn == "none" else f"{record.attn}@{record.pos}"
+    name = f"{record.model}/{what}/{record.dataset}/s{record.seed}"
+    return name if record.action == "train" else f"{name}/{record.action}"
 
 
-def run_tags(exp: Experiment, extra: Iterable[str] = ()) -> list[str]:
+def run_tags(record: RunRecord, extra: Iterable[str] = ()) -> list[str]:
     tags = [
-        f"model:{exp.model}",
-        f"attn:{exp.attn}",
-        f"pos:{exp.pos}",
-        f"dataset:{exp.dataset.get('name')}",
-        f"seed:{exp.seed}",
-        f"action:{exp.action}",
+        f"model:{record.model}",
+        f"attn:{record.attn}",
+        f"pos:{record.pos}",
+        f"dataset:{record.dataset}",
+        f"seed:{record.seed}",
+        f"action:{record.action}",
         *extra,
     ]
     return [t[:64] for t in dict.fromkeys(tags)]  # wandb's tag length limit
 
 
-def run_config(
-    exp: Experiment, key: str, sweep: str | None, config: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The wandb config: the resolved run config (the experiment spec without one) flattened, plus the
-    run's identity under ``run.*``."""
-    if config is not None and not isinstance(config, dict):
+def run_config(record: RunRecord, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The wandb config: the resolved run config flattened, plus the run's identity under ``run.*``."""
+    if not isinstance(config, dict):
         from omegaconf import OmegaConf
 
         config = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
-    p = exp.placement
-    out = flatten(dict(config) if config is not None else exp.spec())
+    out = flatten(dict(config))
     out.update(
         {
-            "run.key": key,
-            "run.config_key": exp.config_key,
-            "run.sweep": sweep,
-            "run.action": exp.action,
-            "run.model": exp.model,
-            "run.attn": exp.attn,
-            "run.pos": exp.pos,
-            "run.layers": list(p.layers) if p else [],
-            "run.mode": p.mode if p else "none",
-            "run.dataset": exp.dataset.get("name"),
-            "run.seed": exp.seed,
+            "run.key": record.key,
+            "run.config_key": record.config_key,
+            "run.sweep": record.sweep,
+            "run.action": record.action,
+            "run.model": record.model,
+            "run.attn": record.attn,
+            "run.pos": record.pos,
+            "run.layers": list(record.layers),
+            "run.mode": record.mode,
+            "run.dataset": record.dataset,
+            "run.seed": record.seed,
         }
     )
     return redact(out)
@@ -310,25 +305,26 @@ class WandbTracker(Tracker):
 
 
 def start_run(
-    exp: Experiment, record_key: str, sweep: str | None, config: Mapping[str, Any] | None = None
+    record: RunRecord, logger: Mapping[str, Any] | None, results_dir: Path, config: Mapping[str, Any]
 ) -> Tracker:
-    """Start tracking one run (call it once the run is known to execute, not for a cached one).
+    """Start tracking the run ``record`` describes (once it is known to execute, not for a cached one).
 
-    ``sweep`` names the group (``logger.group`` wins; None = ``single``); ``config`` is the resolved Hydra
-    config logged as the wandb config (default: the experiment spec). Returns a no-op :class:`Tracker`
-    when ``logger`` is ``none``, ``logger.mode=disabled``, or wandb cannot start.
+    ``logger`` holds the tracking settings (:func:`logger_settings`); the run's sweep names the group
+    (``logger.group`` wins; none = ``single``); ``config`` (the resolved Hydra config, or the experiment
+    spec) is logged as the wandb config. Returns a no-op :class:`Tracker` when ``logger`` is ``none``,
+    ``logger.mode=disabled``, or wandb cannot start.
     """
-    s = logger_settings(getattr(exp, "logger", None))
+    s = logger_settings(logger)
     if s["name"] == "none" or s["mode"] == "disabled":
         return Tracker()
     run = _init(
         s,
-        Path(s["dir"]).expanduser() if s["dir"] else exp.results_dir,
-        group=s["group"] or sweep or SINGLE,
-        job_type=exp.attn,
-        name=run_name(exp),
-        tags=run_tags(exp, s["tags"]),
-        config=run_config(exp, record_key, sweep, config),
+        Path(s["dir"]).expanduser() if s["dir"] else Path(results_dir),
+        group=s["group"] or record.sweep or SINGLE,
+        job_type=record.attn,
+        name=run_name(record),
+        tags=run_tags(record, s["tags"]),
+        config=run_config(record, config),
     )
     if run is None:
         return Tracker()

@@ -9,6 +9,21 @@ from ._common import DEFAULT_HEAD_DIM, check_channels, check_non_negative, check
 from .registry import register
 
 
+def ceil_div(n: int, d: int) -> int:
+    """⌈n / d⌉ for n >= 0, d > 0, written without negative operands.
+
+    Under ``torch.onnx`` tracing a tensor's sizes are traced values, so this arithmetic is recorded in
+    the graph, and torch's exporter writes integer ``//`` as ONNX Div, which truncates toward zero:
+    the usual ``-(-n // d)`` becomes ``⌊n / d⌋`` there (2 blocks instead of 3 for n = 20, d = 8).
+    ``(n + d - 1) // d`` has no negative operand, so it means the same eagerly and in ONNX.
+
+    Args:
+        n: the dividend (a size), >= 0.
+        d: the divisor, > 0.
+    """
+    return (n + d - 1) // d
+
+
 def halo_geometry(
     h: int, w: int, block: int, halo: int, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -27,7 +42,7 @@ def halo_geometry(
         row_valid: (⌈h/block⌉, win) bool, window row inside the map.
         col_valid: (⌈w/block⌉, win) bool, window column inside the map.
     """
-    nby, nbx, win = -(-h // block), -(-w // block), block + 2 * halo
+    nby, nbx, win = ceil_div(h, block), ceil_div(w, block), block + 2 * halo
 
     def axis(size: int, blocks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         starts = torch.arange(blocks, device=device)[:, None] * block
@@ -113,7 +128,7 @@ class HaloAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bsz, c, h, w = x.shape
         b, win, heads, d = self.block_size, self.win_size, self.num_heads, self.head_dim
-        nby, nbx = -(-h // b), -(-w // b)
+        nby, nbx = ceil_div(h, b), ceil_div(w, b)
         q_index, kv_index, row_valid, col_valid = halo_geometry(h, w, b, self.halo_size, x.device)
 
         tokens = x.flatten(2).transpose(1, 2)  # B×N×C

@@ -20,8 +20,9 @@ SMALL = [
     "train.batch=8",
     "train.workers=0",
     "logger=none",
-    "measure.latency_repeats=5",
-    "measure.latency_warmup=1",
+    "measure.latency.rounds=2",
+    "measure.latency.passes=2",
+    "measure.latency.warmup=1",
 ]
 TINY = [*SMALL, "train.init=scratch"]
 

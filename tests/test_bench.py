@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate import bench
+from ablate.benchmarks import complexity as bench
 
 NAMES = ["rala", "mhsa", "halo", bench.TIMM_HALO, "area", bench.ULTRA_AATTN]
 GRIDS = [4, 8, 16, 32]

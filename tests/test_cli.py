@@ -81,7 +81,14 @@ CASES = {
         ["train.device=cuda:7"],
         r"train.device='cuda:7' is not available on this machine",
     ),
-    "latency device this machine lacks": (["measure.device=7"], r"measure.device=7 is not available"),
+    "latency device this machine lacks": (
+        ["measure.latency.device=7"],
+        r"measure.latency.device=7 is not available",
+    ),
+    "unknown latency backend": (
+        ["measure.latency.backends=[torch,onnx]"],
+        r"measure backend 'onnx' is not valid; valid: torch, onnxruntime, tensorrt",
+    ),
     "bad strictness": (
         ["model.weights_strict=maybe"],
         r"model.weights_strict='maybe' is not valid; valid: true",

@@ -23,7 +23,7 @@ from .helpers import TINY, config
 
 ROOT = Path(__file__).resolve().parents[1]
 # profile jobs: the model is built and measured, nothing is trained
-PROFILE = ["action=profile", "measure.latency_repeats=2", "measure.latency_warmup=1", "logger=none"]
+PROFILE = ["action=profile", "logger=none", "measure.latency.rounds=2", "measure.latency.passes=2"]
 
 
 def ablate(
@@ -188,6 +188,15 @@ def test_launchers_run_a_sweep(tmp_path: Path, launcher: list[str]) -> None:
     recs = records(results)
     assert sorted(r.attn for r in recs.values()) == ["none", "none", "rala", "rala", "tssa", "tssa"]
     assert {r.dataset for r in recs.values()} == {"shapes", "shapes_small"}
+    # the measurement phase ran after the last job (under submitit: as a job of its own): one latency per
+    # architecture (both datasets have the same classes, so 3 architectures), each with its ratio
+    (store,) = (results / "measures").glob("torch-*")
+    measured = [json.loads(p.read_text()) for p in store.glob("*.json") if p.name != "settings.json"]
+    assert {m["attn"] for m in measured} == {"none", "rala", "tssa"} and len(measured) == 3
+    assert {r.arch_key for r in recs.values()} == {m["arch_key"] for m in measured}
+    assert "latency on torch" in proc.stdout
+    if "submitit" in launcher[0]:
+        assert list((sweep_dirs(results)[-1] / ".submitit" / "measure").glob("*_result.pkl"))
 
 
 def test_killed_run_is_resumed_cleanly(tmp_path: Path) -> None:

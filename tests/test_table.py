@@ -43,12 +43,19 @@ MAP = {
     # no baseline on this dataset
     (HASH_Q, "odd_set", "tssa", "p4"): [(0.10, 0.05, 0.01), (0.12, 0.06, 0.02)],
 }
-MEASURES = {  # attn -> (params, gflops, latency per seed)
-    "none": (2_560_000, 0.150, (10.0, 10.4, 10.2)),
-    "rala": (2_650_000, 0.162, (12.0, 12.2, 12.1)),
-    "fla": (2_640_000, 0.160, (12.5, 12.9, 12.7)),
-    "mhsa": (2_700_000, 0.170, (15.0,)),
-    "tssa": (2_600_000, 0.155, (11.0, 11.2)),
+MEASURES = {  # attn -> (params, gflops, latency of the architecture from the measurement phase)
+    "none": (2_560_000, 0.150, 10.2),
+    "rala": (2_650_000, 0.162, 12.1),
+    "fla": (2_640_000, 0.160, 12.7),
+    "mhsa": (2_700_000, 0.170, 15.0),
+    "tssa": (2_600_000, 0.155, 11.1),
+}
+LATENCY_SETTINGS = {
+    "latency_backend": "torch",
+    "latency_device": "Test CPU",
+    "latency_dtype": "float32",
+    "latency_batch": 1,
+    "latency_threads": 2,
 }
 
 
@@ -86,13 +93,37 @@ def _record(train_hash: str, dataset: str, attn: str, pos: str, seed: int, **kw:
     return RunRecord(**base)
 
 
+def _arch(dataset: str, attn: str, pos: str) -> str:
+    return f"arch-{dataset}-{attn}-{pos}"
+
+
+def write_measure(results: Path, dataset: str, attn: str, pos: str) -> None:
+    """The measurement phase's file for the architecture of (dataset, attn, pos)."""
+    lat, base = MEASURES[attn][2], MEASURES["none"][2]
+    entry = {
+        "arch_key": _arch(dataset, attn, pos),
+        "latency_ms": lat,
+        "latency_p10_ms": lat - 0.1,
+        "latency_p90_ms": lat + 0.2,
+        "latency_ratio": lat / base,
+        "latency_ratio_p10": lat / base - 0.01,
+        "latency_ratio_p90": lat / base + 0.01,
+        "phase": "2026-01-01T00:00:00+00:00",
+        **LATENCY_SETTINGS,
+    }
+    store = results / "measures" / "torch-test"
+    store.mkdir(parents=True, exist_ok=True)
+    (store / f"{entry['arch_key']}.json").write_text(json.dumps(entry))
+
+
 def write_fixture(results: Path) -> None:
     for (h, ds, attn, pos), values in MAP.items():
         params, gflops, lat = MEASURES[attn]
         for seed, (m50, m5095, aps) in zip(SEEDS, values, strict=False):
             rec = _record(h, ds, attn, pos, seed, map50=m50, map50_95=m5095, ap_small=aps)
-            rec.params, rec.gflops, rec.latency_ms = params, gflops, lat[seed % len(lat)]
+            rec.params, rec.gflops, rec.arch_key = params, gflops, _arch(ds, attn, pos)
             write_record(run_dir(results, rec.key), rec)
+        write_measure(results, ds, attn, pos)
     # a failed run (excluded, counted)
     failed = _record(HASH_Q, "shapes", "rala", "neck", 3, status="failed", error="boom")
     write_record(run_dir(results, failed.key), failed)
@@ -100,7 +131,7 @@ def write_fixture(results: Path) -> None:
     for attn, pos in (("none", "none"), ("rala", "neck")):
         params, gflops, lat = MEASURES[attn]
         rec = _record(HASH_Q, "shapes", attn, pos, 0, action="profile", params=params, gflops=gflops)
-        rec.latency_ms = lat[0]
+        rec.arch_key = _arch("shapes", attn, pos)
         write_record(run_dir(results, rec.key), rec)
     # unreadable records: truncated JSON, and JSON that is not a record
     bad = run_dir(results, "truncated")
@@ -196,9 +227,9 @@ def test_summary_means_stds_deltas_significance(
         else:  # n ≈ 15.7·σ²/δ², σ² the mean of the two arms' variances
             sigma2 = (v.var(ddof=1) + b.var(ddof=1)) / 2
             assert row[f"delta_{m}_seeds_needed"] == max(2, math.ceil(15.7 * sigma2 / d.mean() ** 2))
-    lat = np.array(MEASURES[attn][2])
-    assert row["latency_ms_mean"] == pytest.approx(lat.mean())
-    assert row["latency_ms_std"] == pytest.approx(lat.std(ddof=1))
+    # latency: one measurement of the architecture, the same for every seed (so no spread)
+    assert row["latency_ms_mean"] == pytest.approx(MEASURES[attn][2]) and row["latency_ms_std"] == 0
+    assert row["latency_ratio_mean"] == pytest.approx(MEASURES[attn][2] / MEASURES["none"][2])
     assert row["params_mean"] == MEASURES[attn][0] and row["params_std"] == 0
 
 
@@ -288,6 +319,8 @@ def test_latex_contents_bold_and_markers(made: tuple[Path, table.Report]) -> Non
         base[2] == r"\textbf{2.56}" and base[3] == r"\textbf{0.150}" and base[4].startswith(r"\textbf{10.2}")
     )
     assert rala[2] == "2.65" and base[col("shapes", 1)].startswith("31.0 $\\pm$ 1.0")
+    assert rala[4] == r"12.1 (1.19$\times$)" and "$\\times$" not in base[4]  # ratio to the baseline
+    assert "measurement phase (torch on Test CPU, 2 threads, float32, batch 1)" in tex
     assert base[col("odd_set", 1)] == "---"  # no baseline run on odd_set
     odd = _tex_row(tex, "tssa", quick_block)
     assert odd[col("odd_set", 1)].endswith("(---)")

@@ -30,7 +30,7 @@ from .helpers import TINY, config
 
 SECRET = "some-secret-value-7c1d"
 UNTRACKED = [o for o in TINY if not o.startswith("logger=")]
-PROFILE = ["action=profile", "measure.latency_repeats=2", "measure.latency_warmup=1"]
+PROFILE = ["action=profile"]
 
 
 # --- reading an offline run back ------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_summary_is_the_final_record(cli_run: dict[str, Any]) -> None:
     summary = read_run(wandb_runs(cli_run["results"])[0])["summary"]
     record = cli_run["record"]
     assert summary["status"] == "ok" and summary["key"] == record["key"]
-    for key in ("map50", "map50_95", "params", "params_attn", "gflops", "latency_ms", "train_seconds"):
+    for key in ("map50", "map50_95", "params", "params_attn", "gflops", "arch_key", "train_seconds"):
         assert summary[key] == pytest.approx(record[key]), key
     assert summary["versions.ultralytics"] == record["versions"]["ultralytics"]
     assert summary["best/metrics/mAP50-95(B)"] == pytest.approx(record["map50_95"])
@@ -289,7 +289,7 @@ def test_wandb_that_cannot_start_never_fails_a_run(
     assert "no wandb today" in caplog.text
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
     exp = experiment_from_config(config([*UNTRACKED, *PROFILE], results, tmp / "data"))
-    tracker = tracking.start_run(exp, exp.key, None)
+    tracker = tracking.start_run(RunRecord(key=exp.key), exp.logger, results, exp.spec())
     assert type(tracker) is tracking.Tracker and tracker.callbacks() == {}
     tracker.finish(RunRecord(key=exp.key, status="ok"))
 

@@ -1,6 +1,6 @@
 """Orchestration overhead of a sweep job: launch → first training step, minus model building.
 
-``python -m ablate.overhead_bench`` runs a small sweep of 1-epoch trainings on the embedded data (the
+``python -m ablate.benchmarks.overhead`` runs a small sweep of 1-epoch trainings on the embedded data (the
 dataset generated beforehand) with the basic launcher, then reads each record's timings:
 
 - job overhead: job start → first training step, minus ablate's model build (compose + forward check)
@@ -17,16 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from .records import read_record
+from ..records import read_record
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "dataset=shapes",
     "dataset.train_images=16",
     "dataset.val_images=8",
     "train.epochs=1",
-    "measure.latency_repeats=2",
-    "measure.latency_warmup=1",
+    "measure.latency.after_sweep=false",
     "measure.coco_eval=false",
     "baseline=false",
 ]

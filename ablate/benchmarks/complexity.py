@@ -1,6 +1,7 @@
 """Module complexity benchmark: every registered attention module alone, beside its peers.
 
-    python -m ablate.bench [--channels 64 128 256] [--grids 20 40 80 160] [--modules ...] [--repeats N]
+    python -m ablate.benchmarks.complexity [--channels 64 128 256] [--grids 20 40 80 160] [--modules ...]
+                                           [--repeats N]
                            [--warmup N] [--threads N] [--out results/bench] [--quick]
 
 For every module, channel count C and token grid G×G (N = G² tokens), batch 1, float32, eval mode:
@@ -51,7 +52,9 @@ from torch import nn
 
 import modules
 
-from .measure import COUNTER, count_module_flops, flop_counter
+from ..figures import plot_bench
+from ..measure.cost import COUNTER, count_module_flops, flop_counter
+from ..measure.latency import time_interleaved
 
 log = logging.getLogger(__name__)
 
@@ -208,47 +211,45 @@ def _saved_and_fwdbwd_flops(module: nn.Module, x: torch.Tensor) -> tuple[float, 
     return sum(storages.values()) / 2**20, counter.get_total_flops()
 
 
-def _pass_fwd(module: nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
-    with torch.inference_mode():
-        module(x)
-    return time.perf_counter() - start
+def _fwd(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """One forward under ``torch.inference_mode``."""
+
+    def call() -> None:
+        with torch.inference_mode():
+            module(x)
+
+    return call
 
 
-def _pass_fwdbwd(module: nn.Module, x: torch.Tensor) -> float:
+def _fwdbwd(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """One forward + backward of ``sum(y)`` (input and parameters requiring grad; grads dropped first)."""
     xg = x.detach().requires_grad_(True)
-    start = time.perf_counter()
-    module(xg).sum().backward()
-    elapsed = time.perf_counter() - start
-    module.zero_grad(set_to_none=True)
-    return elapsed
+
+    def call() -> None:
+        module.zero_grad(set_to_none=True)
+        module(xg).sum().backward()
+
+    return call
 
 
-def time_alternating(
+def _time(
     members: dict[str, nn.Module],
     x: torch.Tensor,
-    step: Callable[[nn.Module, torch.Tensor], float],
+    step: Callable[[nn.Module, torch.Tensor], Callable[[], object]],
     *,
     repeats: int,
     warmup: int,
     min_time_s: float,
     max_repeats: int,
 ) -> dict[str, list[float]]:
-    """Milliseconds of ``step`` per member, members interleaved pass by pass (A, B, A, B, …).
-
-    ``warmup`` untimed rounds, then rounds until every member has ``repeats`` timed passes summing to
-    ``min_time_s``, or ``max_repeats`` passes.
-    """
-    for _ in range(warmup):
-        for m in members.values():
-            step(m, x)
-    times: dict[str, list[float]] = {name: [] for name in members}
-    while True:
-        for name, m in members.items():
-            times[name].append(step(m, x) * 1e3)
-        done = all(len(t) >= repeats and sum(t) >= min_time_s * 1e3 for t in times.values())
-        if done or len(next(iter(times.values()))) >= max_repeats:
-            return times
+    """ms per pass of ``step`` per member, members interleaved pass by pass (A, B, B, A, …: the one timer,
+    :func:`ablate.measure.latency.time_interleaved`, one pass per round) until every member has ``repeats``
+    passes summing to ``min_time_s``, or ``max_repeats`` passes."""
+    calls = {name: step(m, x) for name, m in members.items()}
+    times = time_interleaved(
+        calls, rounds=repeats, passes=1, warmup=warmup, min_time_s=min_time_s, max_rounds=max_repeats
+    )
+    return {name: [v for r in t for v in r] for name, t in times.items()}
 
 
 def _growth(prev: tuple[int, float] | None, older: tuple[int, float] | None) -> float:
@@ -320,7 +321,9 @@ def run_bench(
         result.csv_path = write_rows(out / "modules.csv", rows)
         result.exponents_path = write_rows(out / "exponents.csv", exponents)
         pc = plot_channels if plot_channels is not None else _plot_channels(channels)
-        result.plot_path = plot(rows, pc, out / "complexity.png")
+        result.plot_path = next(
+            p for p in plot_bench(result.csv_path, out / "complexity", pc) if p.suffix == ".png"
+        )
     return result
 
 
@@ -369,8 +372,8 @@ def _bench_group(
                 log.info("%s C=%d %d²: %s", name, c, g, row.status)
         if live:
             kw = dict(repeats=repeats, warmup=warmup, min_time_s=min_time_s, max_repeats=max_repeats)
-            fwd = time_alternating(live, x, _pass_fwd, **kw)
-            bwd = time_alternating(live, x, _pass_fwdbwd, **kw)
+            fwd = _time(live, x, _fwd, **kw)
+            bwd = _time(live, x, _fwdbwd, **kw)
             for name in live:
                 row = by_name[name]
                 row.fwd_ms, row.fwd_reps = statistics.median(fwd[name]), len(fwd[name])
@@ -485,43 +488,6 @@ def write_rows(path: Path, rows: Sequence[Row] | Sequence[Exponent]) -> Path:
 
 def _plot_channels(channels: Sequence[int]) -> int:
     return PLOT_CHANNELS if PLOT_CHANNELS in channels else list(channels)[len(channels) // 2]
-
-
-def plot(rows: list[Row], channels: int, path: Path) -> Path:
-    """Log–log FLOPs and forward latency against N per module at C = ``channels`` (PNG and PDF)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    names = list(dict.fromkeys(r.module for r in rows))
-    for name in names:
-        ok = sorted(
-            (r for r in rows if r.module == name and r.channels == channels and r.status == "ok"),
-            key=lambda r: r.tokens,
-        )
-        if not ok:
-            continue
-        style = "--" if name in PEERS else "-"
-        n = [r.tokens for r in ok]
-        axes[0].plot(n, [r.gflops_fwd for r in ok], style, marker="o", label=name)
-        axes[1].plot(n, [r.fwd_ms for r in ok], style, marker="o", label=name)
-    for ax, ylabel in zip(axes, ("forward GFLOPs", "forward ms (CPU median)"), strict=True):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("tokens N = H·W")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_title(f"FLOPs, C={channels}")
-    axes[1].set_title(f"forward latency, C={channels}, {torch.get_num_threads()} threads")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    fig.savefig(path.with_suffix(".pdf"))
-    plt.close(fig)
-    log.info("wrote %s", path)
-    return path
 
 
 # -------------------------------------------------------------------------------------------- report

@@ -1,0 +1,147 @@
+"""The measurement phase: architectures from records, side-by-side timing with the baseline, storage and
+reuse, ONNX Runtime, unavailable backends, the table's latency column, ``python -m ablate.measure``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablate.experiment import experiment_from_config
+from ablate.measure import phase
+from ablate.records import RunRecord
+from ablate.run import execute
+
+from .helpers import TINY, config
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"rounds": 3, "passes": 2, "warmup": 1, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, RunRecord]]:
+    """Profile records (no training) of the baseline, rala@neck and halo@neck on two datasets."""
+    results = tmp_path_factory.mktemp("results")
+    data = tmp_path_factory.mktemp("data")
+    out = {}
+    for name, extra in {
+        "baseline": [],
+        "rala": ["+attn=rala", "+pos=neck"],
+        "halo": ["+attn=halo", "+pos=neck"],
+        "rala_small": ["+attn=rala", "+pos=neck", "dataset=shapes_small"],
+    }.items():
+        cfg = config([*TINY, "action=profile", *extra], results, data)
+        record = execute(experiment_from_config(cfg), cfg)
+        assert record is not None and record.status == "ok"
+        out[name] = record
+    return results, out
+
+
+def records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*/record.json"))]
+
+
+def test_architectures_come_from_the_records(profiled: tuple[Path, dict[str, RunRecord]]) -> None:
+    results, recs = profiled
+    archs = phase.architectures(records(results), results)
+    # shapes and shapes_small have the same classes: rala@neck is one architecture on both
+    assert recs["rala"].arch_key == recs["rala_small"].arch_key
+    assert {a.key for a in archs} == {r.arch_key for r in recs.values()} and len(archs) == 3
+    by_key = {a.key: a for a in archs}
+    rala = by_key[recs["rala"].arch_key]
+    assert rala.label == "yolo12n rala@neck" and rala.imgsz == (96, 96) and rala.layers == (14, 17, 20)
+    # the baseline an architecture is compared with is the baseline run's architecture
+    assert rala.baseline().key == recs["baseline"].arch_key
+    assert phase.with_baselines([rala])[0].key == recs["baseline"].arch_key
+
+
+def test_phase_measures_side_by_side_and_reuses(profiled: tuple[Path, dict[str, RunRecord]]) -> None:
+    results, recs = profiled
+    archs = phase.architectures(records(results), results)
+    settings = phase.Settings(**FAST)
+    first = phase.measure(archs, settings, results)
+    assert first.skipped is None and len(first.measured) == 3
+    by_attn = {m["attn"]: m for m in first.measured}
+    assert by_attn["none"]["latency_ratio"] == 1.0
+    for m in first.measured:
+        assert m["latency_p10_ms"] <= m["latency_ms"] <= m["latency_p90_ms"]
+        assert m["latency_count"] == FAST["rounds"] * FAST["passes"] and m["rounds"] == FAST["rounds"]
+        assert m["latency_ratio_p10"] <= m["latency_ratio"] <= m["latency_ratio_p90"]
+        assert (
+            m["latency_threads"] == 1 and m["latency_backend"] == "torch" and m["latency_dtype"] == "float32"
+        )
+        assert m["baseline_arch_key"] == recs["baseline"].arch_key
+    assert 0 < first.timed_s < first.wall_s and 0 <= first.overhead < 1
+    store = results / "measures" / settings.key
+    assert {p.stem for p in store.glob("*.json")} == {*(m["arch_key"] for m in first.measured), "settings"}
+    again = phase.measure(archs, settings, results)  # nothing changed: reused, nothing timed
+    assert again.measured == [] and again.reused == 3
+    other = phase.Settings(**{**FAST, "passes": 3})  # other settings: another key, measured anew
+    assert other.key != settings.key
+    # one new architecture: measured together with its baseline, in the same rounds
+    (store / f"{recs['halo'].arch_key}.json").unlink()
+    partial = phase.measure(archs, settings, results)
+    assert {m["attn"] for m in partial.measured} == {"halo", "none"} and partial.reused == 2
+
+
+def test_onnxruntime_backend_times_the_exported_model(profiled: tuple[Path, dict[str, RunRecord]]) -> None:
+    results, recs = profiled
+    archs = [a for a in phase.architectures(records(results), results) if a.attn in ("none", "halo")]
+    result = phase.measure(archs, phase.Settings(backend="onnxruntime", **FAST), results)
+    assert result.skipped is None and {m["attn"] for m in result.measured} == {"none", "halo"}
+    assert all(m["latency_version"].startswith("onnxruntime") for m in result.measured)
+    assert (results / "measures" / "export" / f"{recs['halo'].arch_key}-b1.onnx").is_file()
+
+
+def test_unavailable_backend_is_skipped_with_its_reason(profiled: tuple[Path, dict[str, RunRecord]]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: tensorrt may be available")
+    results, _ = profiled
+    (result,) = phase.run_phase(results, [phase.Settings(backend="tensorrt", **FAST)])
+    assert result.skipped == "tensorrt needs a CUDA device; this machine has none"
+    assert phase.format_phase(result) == f"latency on tensorrt: skipped ({result.skipped})"
+
+
+def test_bad_settings_name_the_value() -> None:
+    with pytest.raises(ValueError, match="'onnx' is not valid; valid: torch, onnxruntime, tensorrt"):
+        phase.Settings(backend="onnx").check()
+    with pytest.raises(ValueError, match="half=true needs a CUDA device"):
+        phase.Settings(half=True).check()
+    assert phase.torch_device("0") == "cuda:0" and phase.torch_device(None) == "cpu"
+    assert phase.torch_device([1, 2]) == "cuda:1" and phase.torch_device("cuda:3") == "cuda:3"
+
+
+def test_table_reads_the_phase(profiled: tuple[Path, dict[str, RunRecord]]) -> None:
+    from ablate import table
+
+    results, recs = profiled
+    phase.run_phase(results, [phase.Settings(**FAST)])
+    runs = table.with_latency(table.runs_frame(table.load_records(results).records), results)
+    stored = {m["arch_key"]: m for m in phase.read_measures(results) if m["latency_backend"] == "torch"}
+    for row in runs.to_dict("records"):
+        assert row["latency_ms"] == stored[row["arch_key"]]["latency_ms"]
+    assert (results / "measures" / "latency.csv").is_file()
+
+
+def test_cli_measures_and_rejects_bad_input(
+    profiled: tuple[Path, dict[str, RunRecord]], tmp_path: Path
+) -> None:
+    results, _ = profiled
+    fast = ["--rounds", "2", "--passes", "2", "--warmup", "1", "--threads", "1"]
+    cmd = [sys.executable, "-m", "ablate.measure", "--results", str(results), *fast]
+    proc = subprocess.run([*cmd, "--where", "attn=rala", "--force"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "yolo12n rala@neck" in proc.stdout and "yolo12n baseline" in proc.stdout  # with its baseline
+    assert "yolo12n halo@neck" not in proc.stdout and "x baseline" in proc.stdout
+    bad = subprocess.run([*cmd, "--backend", "onnx"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: measure backend 'onnx' is not valid")
+    assert "Traceback" not in bad.stderr
+    empty = [sys.executable, "-m", "ablate.measure", "--results", str(tmp_path / "none")]
+    proc = subprocess.run(empty, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "no ok run with an architecture" in proc.stderr
+    assert not (tmp_path / "none").exists()  # nothing written
