@@ -281,7 +281,7 @@ def run_locked(
             data_yaml = materialize_dataset(exp)
             trained = train(exp, data_yaml, directory, transfer, tracker)
             record.update({**trained, "timings": {**record.timings, **trained["timings"]}})
-            if exp.measure.get("coco_eval", True):
+            if exp.measure.get("coco_eval", True) and exp.role != "base":  # a base run is not tabulated
                 record.update(evaluate(exp, data_yaml, directory))
         from .measure.cost import cost_fields
 

@@ -740,13 +740,17 @@ def build_table(summary: pd.DataFrame, n_failed: int = 0) -> Table:
     return table
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
 def _latency_settings(s: pd.DataFrame) -> list[str]:
     """Each distinct measurement setting behind the latency column, as one phrase."""
     if "latency_backend" not in s:
         return []
     rows = s.dropna(subset=["latency_backend"])[list(LATENCY_SETTINGS)].drop_duplicates()
     return [
-        f"{r['latency_backend']} on {r['latency_device']}, {int(r['latency_threads'])} threads, "
+        f"{r['latency_backend']} on {r['latency_device']}, {_threads(int(r['latency_threads']))}, "
         f"{r['latency_dtype']}, batch {int(r['latency_batch'])}"
         for r in rows.to_dict("records")
     ]

@@ -23,6 +23,7 @@ SMALL = [
     "measure.latency.rounds=2",
     "measure.latency.passes=2",
     "measure.latency.warmup=1",
+    "measure.latency.min_time_s=0",
 ]
 TINY = [*SMALL, "train.init=scratch"]
 

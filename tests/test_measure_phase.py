@@ -18,7 +18,7 @@ from ablate.run import execute
 from .helpers import TINY, config
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"rounds": 3, "passes": 2, "warmup": 1, "threads": 1}
+FAST = {"rounds": 3, "passes": 2, "warmup": 1, "threads": 1, "min_time_s": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_cli_measures_and_rejects_bad_input(
     profiled: tuple[Path, dict[str, RunRecord]], tmp_path: Path
 ) -> None:
     results, _ = profiled
-    fast = ["--rounds", "2", "--passes", "2", "--warmup", "1", "--threads", "1"]
+    fast = ["--rounds", "2", "--passes", "2", "--warmup", "1", "--threads", "1", "--min-time", "0"]
     cmd = [sys.executable, "-m", "ablate.measure", "--results", str(results), *fast]
     proc = subprocess.run([*cmd, "--where", "attn=rala", "--force"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -23,7 +23,13 @@ from .helpers import TINY, config
 
 ROOT = Path(__file__).resolve().parents[1]
 # profile jobs: the model is built and measured, nothing is trained
-PROFILE = ["action=profile", "logger=none", "measure.latency.rounds=2", "measure.latency.passes=2"]
+PROFILE = [
+    "action=profile",
+    "logger=none",
+    "measure.latency.rounds=2",
+    "measure.latency.passes=2",
+    "measure.latency.min_time_s=0",
+]
 
 
 def ablate(

@@ -71,7 +71,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     for backend in args.backend:
         s = Settings(
-            backend=backend, threads=args.threads, rounds=args.rounds, passes=args.passes, warmup=args.warmup
+            backend=backend,
+            threads=args.threads,
+            rounds=args.rounds,
+            passes=args.passes,
+            warmup=args.warmup,
+            min_time_s=d["min_time_s"],
         )
         phases = [measure(archs, s, results, force=True) for _ in range(2)]
         for i, phase in enumerate(phases, 1):

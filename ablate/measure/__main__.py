@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=d["rounds"])
     p.add_argument("--passes", type=int, default=d["passes"], help="timed passes per architecture per round")
     p.add_argument("--warmup", type=int, default=d["warmup"], help="untimed passes per architecture")
+    p.add_argument("--min-time", type=float, default=d["min_time_s"], help="timed seconds per architecture")
     p.add_argument("--force", action="store_true", help="measure again even where a measurement is stored")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -43,9 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s"
     )
-    common = {
-        k: getattr(args, k) for k in ("device", "half", "batch", "threads", "rounds", "passes", "warmup")
-    }
+    keys = ("device", "half", "batch", "threads", "rounds", "passes", "warmup")
+    common = {**{k: getattr(args, k) for k in keys}, "min_time_s": args.min_time}
     try:
         settings = settings_from_config({**common, "backends": args.backend})
         results = Path(args.results)

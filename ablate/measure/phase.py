@@ -127,6 +127,7 @@ class Settings:
     rounds: int = 30
     passes: int = 10
     warmup: int = 10
+    min_time_s: float = 4.0  # more rounds (up to 10x) until each architecture's timed passes sum to this
 
     @classmethod
     def from_config(cls, latency: Mapping[str, Any], backend: str) -> Settings:
@@ -278,16 +279,16 @@ def build(arch: Architecture) -> torch.nn.Module:
 
 def make_call(arch: Architecture, settings: Settings, export_dir: Path) -> Call:
     """A zero-argument callable that runs one forward of ``arch`` on ``settings``' backend."""
-    model = build(arch)
-    if settings.backend == "torch":
-        return torch_call(model, arch.imgsz, settings.batch, settings.device, settings.half)
     if settings.backend == "onnxruntime":
         from .export import export_onnx
 
         path = export_dir / f"{arch.key}-b{settings.batch}.onnx"
-        if not path.is_file():
-            export_onnx(model, arch.imgsz, path, batch=settings.batch)
+        if not path.is_file():  # exported once per architecture and batch, then reused
+            export_onnx(build(arch), arch.imgsz, path, batch=settings.batch)
         return onnxruntime_call(path, arch.imgsz, settings.batch, settings.resolved_threads)
+    model = build(arch)
+    if settings.backend == "torch":
+        return torch_call(model, arch.imgsz, settings.batch, settings.device, settings.half)
     engine = (
         export_dir
         / f"{arch.key}-b{settings.batch}-{settings.dtype}-{settings.device.replace(':', '')}.engine"
@@ -342,7 +343,12 @@ def measure(
         calls = {a.key: make_call(a, settings, Path(results_dir) / MEASURES / EXPORT_DIR) for a in group}
         log.info("timing %d architectures on %s: %s", len(group), settings.backend, settings.describe())
         times = time_interleaved(
-            calls, rounds=settings.rounds, passes=settings.passes, warmup=settings.warmup
+            calls,
+            rounds=settings.rounds,
+            passes=settings.passes,
+            warmup=settings.warmup,
+            min_time_s=settings.min_time_s,
+            max_rounds=10 * settings.rounds,
         )
     finally:
         torch.set_num_threads(previous)
@@ -476,7 +482,8 @@ def format_phase(result: PhaseResult) -> str:
         )
     d = s.describe()
     head = (
-        f"latency on {s.backend} ({d['version']}), {d['device_name']}, {d['threads']} threads, {s.dtype}, "
+        f"latency on {s.backend} ({d['version']}), {d['device_name']}, "
+        f"{d['threads']} thread{'s' if d['threads'] != 1 else ''}, {s.dtype}, "
         f"batch {s.batch}: {result.measured[0]['rounds']} interleaved rounds x {s.passes} passes after "
         f"{s.warmup} warm-up passes; {result.wall_s:.0f} s, "
         f"{100 * result.overhead:.1f} % outside the timed passes"
