@@ -255,8 +255,7 @@ def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool 
         record.init = "warm" if base_run is not None else "weights" if transfer is not None else "scratch"
         record.init_run = base_run.key if base_run is not None else None
         if transfer is not None:
-            for k, v in transfer.record_fields().items():
-                setattr(record, k, v)
+            record.update(transfer.record_fields())
         record.timings["job_start"] = started
         record.timings["model_built"] = time.time()
         return run_locked(exp, cfg, record, d, model, directory, transfer)
