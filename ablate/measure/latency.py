@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.util
 import logging
 import platform
@@ -122,7 +123,13 @@ def flat(rounds: list[list[float]]) -> list[float]:
 
 def device_name(device: torch.device | str) -> str:
     """The GPU's name, or the CPU model string from ``/proc/cpuinfo`` (``platform`` elsewhere)."""
-    device = torch.device(device)
+    return _device_name(str(device))
+
+
+@functools.cache
+def _device_name(name: str) -> str:
+    """:func:`device_name`, read once per device (settings keys ask for it on every lookup)."""
+    device = torch.device(name)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     with contextlib.suppress(OSError):

@@ -510,13 +510,7 @@ def run_phase(
     """The measurement phase over ``records`` (default: every record under ``results_dir``), one backend
     after the other; then ``latency.csv`` is rewritten."""
     if records is None:
-        from ..records import RECORD
-
-        records = [
-            d
-            for p in sorted((Path(results_dir) / RUNS).glob(f"*/{RECORD}"))
-            if isinstance(d := read_json(p), dict)
-        ]
+        records = selected_records(Path(results_dir), [])
     archs = architectures(records, results_dir)
     results = []
     for s in settings:
