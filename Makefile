@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test lint format latency bench table measure measure-bench table-bench overhead calibrate clean
+.PHONY: help install demo test lint format latency bench table status measure measure-bench table-bench overhead calibrate clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ demo: install  ## a small real ablation on the embedded data (baseline + 5 modul
 	@start=$$(date +%s); \
 	$(BIN)/python -m ablate $(DEMO) results.dir=$(RESULTS) hydra.callbacks.sweep_summary.table=false -m; \
 	status=$$?; \
-	$(BIN)/python -m ablate.table --results $(RESULTS) || status=$$?; \
+	$(BIN)/python -m ablate.report --results $(RESULTS) || status=$$?; \
 	echo "demo finished in $$(( $$(date +%s) - start )) s"; exit $$status
 
 test: install  ## run the test suite
@@ -47,8 +47,11 @@ bench: install  ## module complexity benchmark (all modules + timm/ultralytics p
 
 RESULTS ?= results
 WHERE ?=
-table: install  ## tables + figures from results/ (RESULTS=dir, WHERE="dataset=shapes attn=rala,fla")
-	$(BIN)/python -m ablate.table --results $(RESULTS) $(foreach w,$(WHERE),--where $(w))
+table: install  ## tables + figures from results/ (RESULTS=dir, WHERE="dataset=shapes attn=rala,fla", TABLE_ARGS="--ci bootstrap --correction bh")
+	$(BIN)/python -m ablate.report --results $(RESULTS) $(foreach w,$(WHERE),--where $(w)) $(TABLE_ARGS)
+
+status: install  ## per sweep under RESULTS: finished, failed (with the error), missing, and the command that completes it
+	$(BIN)/python -m ablate.status --results $(RESULTS)
 
 BACKEND ?= torch
 measure: install  ## the measurement phase: latency of every architecture under RESULTS, side by side (BACKEND="torch onnxruntime")

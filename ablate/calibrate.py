@@ -29,7 +29,7 @@ from .cli import CONF_DIR
 from .errors import AblateError
 from .experiment import experiment_from_config
 from .records import RunRecord, read_record, run_dir, write_text_atomic
-from .stats import ALPHA, POWER, detectable_delta
+from .report.statistics import ALPHA, POWER, detectable_delta
 
 log = logging.getLogger(__name__)
 

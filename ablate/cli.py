@@ -21,7 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import sweep
+from . import launcher as _launcher  # noqa: F401 (registers ablate's SLURM launcher with Hydra)
+from . import plan, sweep
 from .errors import AblateError
 from .records import RunRecord
 
@@ -120,6 +121,13 @@ def run_job(cfg: DictConfig) -> float | None:
     from .experiment import experiment_from_config
     from .run import execute
 
+    if cfg.get("dry_run", False):  # one run's plan: cached or not, and its estimate; nothing runs
+        overrides = list(HydraConfig.get().overrides.task)
+        try:
+            plan.LAST_PLAN = plan.make_plan([overrides], compose_overrides, add_baselines=False)
+        except AblateError as e:
+            fail(str(e))
+        return None
     try:
         exp = experiment_from_config(cfg)
         record = execute(exp, cfg)
@@ -134,6 +142,11 @@ def run_job(cfg: DictConfig) -> float | None:
     if record.action == "profile":  # a measurement of one architecture: its latency beside its baseline
         profile_latency(exp, record)
     return record.map50_95
+
+
+def compose_overrides(overrides: list[str]) -> DictConfig:
+    """The config of ``overrides`` (inside the running Hydra app)."""
+    return hydra.compose(config_name="config", overrides=list(overrides))
 
 
 def profile_latency(exp: Experiment, record: RunRecord) -> None:
@@ -187,6 +200,9 @@ def main() -> None:
     except AblateError as e:
         fail(str(e))
     sweep.LAST_SWEEP = None
+    plan.LAST_PLAN = None
     run_job()
+    if plan.LAST_PLAN is not None:  # dry_run=true: the plan, and nothing else happened
+        print(plan.format_plan(plan.LAST_PLAN))
     if sweep.LAST_SWEEP is not None and sweep.LAST_SWEEP.failed:
         sys.exit(1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,15 @@ def base_indices(d: dict[str, Any]) -> dict[int, int]:
     inserted = {i for i, m in marks(d).items() if m == "inserted"}
     kept = [i for i in range(len(rows(d))) if i not in inserted]
     return dict(enumerate(kept))
+
+
+def placement_strides(
+    model: nn.Module, d: dict[str, Any], layers: Sequence[int], size: int = PROBE_SIZE
+) -> list[int]:
+    """Output stride of each base-model layer in ``layers`` (8 for a P3 map), read off the composed model."""
+    table = layer_table(model, size)
+    where = base_indices(d)
+    return [table[where[i]].stride for i in layers if i in where]
 
 
 def write_yaml(d: dict[str, Any], path: Path, header: str = "") -> Path:

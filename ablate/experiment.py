@@ -168,6 +168,11 @@ def resolve_placement(cfg: DictConfig) -> tuple[Placement | None, str]:
         log.info("attn=%s: using its default placement pos=%s", attn, name)
     else:
         name = str(pos_cfg.get("name", "custom"))
+        if name == "scan":
+            raise AblateError(
+                "pos=scan is a sweep over layer indices: add -m (python -m ablate +attn=NAME +pos=scan -m), "
+                "or use +pos=custom pos.layers=[i] for one index"
+            )
         layers, mode = pos_cfg.get("layers"), pos_cfg.get("mode")
     if layers is None:
         if name not in presets:

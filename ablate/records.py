@@ -37,6 +37,7 @@ class RunRecord:
     attn_variant: str = ""  # what sets this module apart from its paper's defaults, e.g. "no RoPE"
     pos: str = "none"
     layers: list[int] = field(default_factory=list)
+    strides: list[int] = field(default_factory=list)  # output stride of each placement layer (P3 = 8, ...)
     mode: str = "none"
     dataset: str = ""
     seed: int = 0
@@ -190,12 +191,29 @@ def results_lock(results_dir: Path) -> AbstractContextManager[bool]:
     return file_lock(Path(results_dir) / LOCK)
 
 
+def current_umask() -> int:
+    """This process's umask (read from /proc where it can be, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: set and restore (not thread-safe, hence the last resort)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to a temp file in the same directory, fsync, then rename it over ``path``."""
+    """Write ``text`` to a temp file in the same directory, fsync, then rename it over ``path``.
+
+    The file gets the mode an ordinary ``open(path, "w")`` would give it (0666 less the umask), not
+    ``mkstemp``'s 0600: records in a results root shared by a group stay readable by the group."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

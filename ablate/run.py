@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import modules
 
-from . import datasets
+from . import datasets, progress
 from .compose import (
     base_model_yaml,
     build_model,
@@ -26,6 +26,7 @@ from .compose import (
     format_table,
     layer_table,
     marks,
+    placement_strides,
     write_yaml,
 )
 from .errors import AblateError
@@ -161,6 +162,7 @@ def base_record(
         attn_variant=modules.variant(p.attn, p.attn_kwargs) if p else "",
         pos=exp.pos,
         layers=list(p.layers) if p else [],
+        strides=placement_strides(model, d, p.layers) if p and model is not None and d is not None else [],
         mode=p.mode if p else "none",
         dataset=str(exp.dataset.get("name")),
         seed=exp.seed,
@@ -277,12 +279,16 @@ def run_locked(
     tracker = start_run(record, exp.logger, exp.results_dir, config)  # logger=none: a no-op tracker
     try:
         if exp.action == "train":
+            progress.report(phase="preparing data")  # a sweep job's progress.json (no-op in a single run)
             data_yaml = materialize_dataset(exp)
             trained = train(exp, data_yaml, directory, transfer, tracker)
             record.update({**trained, "timings": {**record.timings, **trained["timings"]}})
             if exp.measure.get("coco_eval", True) and exp.role != "base":  # a base run is not tabulated
+                progress.report(phase="evaluating")
                 record.update(evaluate(exp, data_yaml, directory))
         from .measure.cost import cost_fields
+
+        progress.report(phase="measuring cost")
 
         record.update(cost_fields(model, int(exp.measure["imgsz"])))
         record.status = "ok"

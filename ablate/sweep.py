@@ -10,7 +10,7 @@ summary, and marks the sweep failed when any job failed so that the CLI exits no
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
 import re
 import sys
@@ -25,10 +25,10 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # noqa: E40
 from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
 from hydra.core.utils import JobReturn  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
-from .errors import AblateError  # noqa: E402
-from .records import read_json, read_record, run_dir, write_json_atomic  # noqa: E402
+from .records import read_json, run_dir, write_json_atomic  # noqa: E402
+from .scan import expand_scans  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +106,20 @@ class AblateSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         parsed = parser.parse_overrides([*self._parse_config(), *arguments])
         jobs = [job for batch in self.split_arguments(parsed, None) for job in batch]
-        baselines = self.missing_baselines(jobs)
-        if baselines:
-            log.info("auto-baseline: adding %d baseline job(s) not yet in the results root", len(baselines))
-        jobs = baselines + jobs
-        bases = self.missing_bases(jobs)
-        if bases:
-            log.info(
-                "warm start: training %d base run(s) first, then the %d job(s) that fine-tune them",
-                len(bases),
-                len(jobs),
-            )
-        size = self.max_batch_size or len(jobs)
-        # the base runs are a batch of their own: every launcher finishes it before the jobs start
-        self.overrides = ([bases] if bases else []) + [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        jobs = bases + jobs
+        jobs = expand_scans(jobs, self._load)  # +pos=scan: one job per layer index
+        from . import plan as planning
+
+        plan = planning.make_plan(
+            jobs, self._load, planning.launcher_parallelism(self.config.hydra.get("launcher"))
+        )
+        if bool(self.config.get("dry_run", False)):  # the CLI prints the plan; nothing is launched
+            planning.LAST_PLAN = plan
+            self.overrides = []
+            return []
+        # cached jobs are resolved here, before anything is submitted: they come first in the job
+        # numbering and get their outcome now; the launcher sees only the jobs to run (base runs first)
+        self.overrides = plan.batches(self.max_batch_size)
+        jobs = [j.overrides for j in plan.jobs]
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -129,77 +128,53 @@ class AblateSweeper(BasicSweeper):
             sweep_dir / SWEEP_JSON,
             {
                 "total": len(jobs),
-                "baselines_added": len(baselines),
-                "bases_added": len(bases),
+                "baselines_added": plan.added("baseline"),
+                "bases_added": plan.added("base"),
+                "cached": len(plan.cached),
                 "jobs": jobs,
             },
         )
+        self.write_cached(plan)
         returns: list[list[JobReturn]] = []
-        first = 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=first)
-            first += len(batch)
-            returns.append(list(results))
+        first = len(plan.cached)
+        from .live import watch_sweep
+
+        with watch_sweep(sweep_dir, self.config):  # the live view (plain lines when stdout is no terminal)
+            while not self.is_done():
+                batch = self.get_job_batch()
+                self.validate_batch_is_legal(batch)
+                results = self.launcher.launch(batch, initial_job_idx=first)
+                first += len(batch)
+                returns.append(list(results))
         return returns
 
     def _load(self, overrides: list[str]) -> DictConfig:
         assert self.hydra_context is not None and self.config is not None
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
-    def missing_bases(self, jobs: list[list[str]]) -> list[list[str]]:
-        """``action=base`` jobs for the warm-start base candidates the jobs need and the results root lacks
-        (one job per candidate, so that a launcher trains them side by side)."""
-        from .experiment import experiment_from_config
+    def write_cached(self, plan: Any) -> None:
+        """The ``cached`` outcome of every cached job of ``plan``, in its job directory (jobs 0..n-1)."""
+        from .cli import summary_line
 
-        added: dict[str, list[str]] = {}
-        for job in jobs:
-            try:
-                exp = experiment_from_config(self._load(job))
-            except AblateError:
-                continue  # the job itself reports its bad configuration
-            if not exp.warm:
+        for number, job in enumerate(plan.jobs):
+            if not job.cached:
                 continue
-            keep = [o for o in baseline_overrides(job) if not _BASE_JOB_KEYS.match(o.split("=", 1)[0])]
-            for candidate in exp.base_candidates():
-                if candidate.key in added:
-                    continue
-                previous = read_record(run_dir(candidate.results_dir, candidate.key))
-                if previous is not None and previous.status == "ok":
-                    continue
-                one = [f"train.base.seed={candidate.seed}", "train.base.candidates=1"]
-                added[candidate.key] = [*keep, "action=base", *one]
-        return list(added.values())
+            record = job.record
+            summary = summary_line(record, run_dir(Path(str(self.config.results.dir)), record.key))
+            outcome = JobOutcome("cached", list(job.overrides), key=job.key, seconds=0.0, summary=summary)
+            write_outcome(job_dir(self._load(job.overrides), number), outcome)
+
+    def missing_bases(self, jobs: list[list[str]]) -> list[list[str]]:
+        """``action=base`` jobs the warm starts of ``jobs`` need (:func:`ablate.plan.missing_bases`)."""
+        from .plan import missing_bases
+
+        return missing_bases(jobs, self._load)
 
     def missing_baselines(self, jobs: list[list[str]]) -> list[list[str]]:
-        """Baseline jobs the sweep needs and neither it nor the results root already has (deduplicated)."""
-        from .experiment import experiment_from_config
+        """Baseline jobs ``jobs`` need and the results root lacks (:func:`ablate.plan.missing_baselines`)."""
+        from .plan import missing_baselines
 
-        if not jobs or not bool(self._load(jobs[0]).get("baseline", True)):
-            return []
-        in_sweep: set[str] = set()
-        for job in jobs:
-            if is_baseline(job):
-                with contextlib.suppress(AblateError):  # the job itself reports its bad configuration
-                    in_sweep.add(experiment_from_config(self._load(job)).key)
-        added: dict[str, list[str]] = {}
-        for job in jobs:
-            if is_baseline(job):
-                continue
-            overrides = baseline_overrides(job)
-            try:
-                exp = experiment_from_config(self._load(overrides)).baseline()
-            except AblateError:
-                continue  # the job itself reports its bad configuration
-            key = exp.key
-            if key in in_sweep or key in added:
-                continue
-            previous = read_record(run_dir(exp.results_dir, key))
-            if previous is not None and previous.status == "ok":
-                continue
-            added[key] = overrides
-        return list(added.values())
+        return missing_baselines(jobs, self._load)
 
 
 # Hydra instantiates sweepers only from the ``hydra_plugins`` namespace (found by scanning installed
@@ -218,6 +193,16 @@ def sweep_info(sweep_dir: Path) -> dict[str, Any]:
 
 def write_outcome(job_dir: Path, outcome: JobOutcome) -> None:
     write_json_atomic(Path(job_dir) / OUTCOME_JSON, asdict(outcome))
+
+
+def job_dir(sweep_config: DictConfig, number: int) -> Path:
+    """The directory of job ``number`` of a sweep (``hydra.sweep.dir/hydra.sweep.subdir``), as Hydra's
+    launchers name it, from that job's composed config."""
+    cfg = copy.deepcopy(sweep_config)
+    with open_dict(cfg):
+        cfg.hydra.job.num = number
+        cfg.hydra.job.id = str(number)
+    return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
 
 
 def read_outcomes(sweep_dir: Path) -> SweepResult:
@@ -261,12 +246,14 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global LAST_SWEEP
+        if config.get("dry_run", False):  # nothing ran: the CLI prints the plan
+            return
         result = read_outcomes(Path(config.hydra.sweep.dir))
         LAST_SWEEP = result
         results_dir = Path(str(config.results.dir))
         print(format_result(result), flush=True)
         try:
-            for phase in measure_after_sweep(config):
+            for phase in measure_after_sweep(config, ran=len(result.outcomes) > result.count("cached")):
                 print(phase, flush=True)
         except Exception as e:  # the runs stand without latency; make measure can add it later
             log.warning("the measurement phase failed (%s: %s); run make measure later", type(e).__name__, e)
@@ -274,10 +261,11 @@ class SweepSummary(Callback):
             return
         report = None
         try:
-            from . import table
+            from .report import make_tables
+            from .report.render import format_summary
 
-            report = table.make_tables(results_dir)
-            print(table.format_summary(report.summary), flush=True)
+            report = make_tables(results_dir)
+            print(format_summary(report.summary, report.options), flush=True)
             print(f"runs: {report.runs_csv}  table: {report.tex}", flush=True)
         except Exception as e:  # a summary problem must not hide the sweep's own outcome
             log.warning("could not refresh the tables under %s: %s", results_dir, e)
@@ -298,9 +286,10 @@ class SweepSummary(Callback):
             log.warning("sweep summary not logged to %s: %s", logger.get("name"), e)
 
 
-def measure_after_sweep(config: DictConfig) -> list[str]:
+def measure_after_sweep(config: DictConfig, ran: bool = True) -> list[str]:
     """The measurement phase after the sweep's last training job: on this machine, or, under a submitit
-    launcher, as one final job of that launcher (same cluster and resources). Returns the printed tables."""
+    launcher, as one final job of that launcher (same cluster and resources). Returns the printed tables.
+    A sweep whose every job was cached (``ran`` false) submits nothing to a cluster's queue."""
     from .measure.phase import format_phase, run_phase, settings_from_config
 
     latency = OmegaConf.to_container(config.measure.latency, resolve=True)
@@ -311,6 +300,11 @@ def measure_after_sweep(config: DictConfig) -> list[str]:
     results_dir = Path(str(config.results.dir)).resolve()
     launcher = config.hydra.launcher
     if "submitit" in str(launcher.get("_target_", "")).lower():
+        if not ran:
+            log.info(
+                "every job was cached: no measurement job submitted (make measure measures what is missing)"
+            )
+            return []
         results = submitit_job(launcher, Path(str(config.hydra.sweep.dir)), run_phase, results_dir, settings)
     else:
         results = run_phase(results_dir, settings)

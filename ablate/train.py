@@ -182,6 +182,7 @@ def train_and_validate(
 
     import modules  # noqa: F401  (module classes must resolve when ultralytics parses the YAML)
 
+    from .progress import progress_callbacks
     from .trainer import AblateTrainer
 
     offline_safe()
@@ -210,6 +211,7 @@ def train_and_validate(
     threads: dict[str, int] = {}
     events: dict[str, list[Callable[[Any], None]]] = {"on_train_epoch_end": [nan_guard]}
     extras = [thread_callbacks(train.get("threads"), threads), timing_callbacks(timings), callbacks or {}]
+    extras.append(progress_callbacks())  # a sweep job's epoch in its progress.json (ablate.progress)
     if is_ddp(train.get("device")):
         # ultralytics pickles the callbacks into its DDP workers, where closures over this process's
         # state (timings, the wandb run) would act on copies: only the NaN guard goes along

@@ -117,11 +117,11 @@ def test_bad_settings_name_the_value() -> None:
 
 
 def test_table_reads_the_phase(profiled: tuple[Path, dict[str, RunRecord]]) -> None:
-    from ablate import table
+    from ablate.report import load
 
     results, recs = profiled
     phase.run_phase(results, [phase.Settings(**FAST)])
-    runs = table.with_latency(table.runs_frame(table.load_records(results).records), results)
+    runs = load.with_latency(load.runs_frame(load.load_records(results).records), results)
     stored = {m["arch_key"]: m for m in phase.read_measures(results) if m["latency_backend"] == "torch"}
     for row in runs.to_dict("records"):
         assert row["latency_ms"] == stored[row["arch_key"]]["latency_ms"]

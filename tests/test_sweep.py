@@ -153,7 +153,7 @@ def test_concurrent_writers_lose_no_record(tmp_path: Path) -> None:
         import sys
         from pathlib import Path
         from ablate.records import RunRecord, write_record
-        from ablate.table import write_runs_csv
+        from ablate.report.load import write_runs_csv
         root, worker = Path({str(tmp_path)!r}), int(sys.argv[1])
         for i in range(40):
             key = f"w{{worker}}-{{i}}"
@@ -260,3 +260,43 @@ def test_resuming_drops_results_rows_of_the_epoch_last_pt_missed(tmp_path: Path)
     trim_results_csv(path, 3)
     assert path.read_text() == "epoch,time,loss\n1,1.0,0.1\n2,2.0,0.2\n3,3.0,0.3\n"
     trim_results_csv(tmp_path / "absent.csv", 3)  # nothing to trim: no error
+
+
+def test_cached_jobs_are_resolved_before_anything_is_launched(tmp_path: Path) -> None:
+    """A job with an ok record is never handed to the launcher: its ``cached`` outcome is written into its
+    job directory (numbered first, whatever ``hydra.sweep.subdir`` says) before the others launch."""
+    results, data = tmp_path / "results", tmp_path / "data"
+    job = [*PROFILE, "measure.latency.after_sweep=false", "dataset=shapes", "+attn=rala", "+pos=p5"]
+    for overrides in ([*job, "seed=0"], [*baseline_overrides(job), "seed=0"]):
+        exp = experiment_from_config(config(overrides, results, data))
+        write_record(results / "runs" / exp.key, RunRecord(key=exp.key, status="ok", error="planted"))
+    launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.subdir=job${hydra.job.num}"]
+    proc = ablate([*job, "seed=0,1", *launcher], results, data)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "3 job(s): 2 ok, 1 cached, 0 failed" in proc.stdout  # rala seed 0 cached; seed 1 + its baseline
+    sweep = sweep_dirs(results)[-1]
+    info = json.loads((sweep / "sweep.json").read_text())
+    assert info["total"] == 3 and info["cached"] == 1 and info["baselines_added"] == 1
+    assert "seed=0" in info["jobs"][0] and "+attn=rala" in info["jobs"][0]
+    cached = json.loads((sweep / "job0" / "outcome.json").read_text())
+    assert cached["status"] == "cached" and "seed=0" in cached["summary"]
+    assert not (sweep / "job0" / ".hydra").exists()  # no job process ever ran it
+    assert {json.loads((sweep / f"job{n}" / "outcome.json").read_text())["status"] for n in (1, 2)} == {"ok"}
+    assert [o.status for o in read_outcomes(sweep).outcomes] == ["cached", "ok", "ok"]
+    assert all(r.error == "planted" for r in records(results).values() if r.seed == 0)  # not re-run
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_writes_respect_the_umask(tmp_path: Path, umask: int) -> None:
+    """Records and the other atomically written files get 0666 less the umask, as open() would give."""
+    from ablate.records import current_umask, write_json_atomic
+
+    previous = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        write_record(tmp_path / "run", RunRecord(key="k", status="ok"))
+        write_json_atomic(tmp_path / "predictions.json", [])
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "run" / "record.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "predictions.json").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -18,8 +18,8 @@ from scipy import stats
 from ablate.errors import AblateError
 from ablate.experiment import experiment_from_config
 from ablate.records import read_record, run_dir
+from ablate.report.statistics import detectable_delta
 from ablate.run import execute
-from ablate.stats import detectable_delta
 
 from .helpers import SMALL, config
 

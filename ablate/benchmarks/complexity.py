@@ -52,9 +52,9 @@ from torch import nn
 
 import modules
 
-from ..figures import plot_bench
 from ..measure.cost import COUNTER, count_module_flops, flop_counter
 from ..measure.latency import time_interleaved
+from ..report.figures import plot_bench
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 Writes ``--records`` synthetic ``record.json`` files shaped like real ones (2 training settings ×
 4 datasets × (baseline + 6 modules × 8 positions) = 392 configurations, seeds 0, 1, … until the
 count is reached; about 1.5 % failed runs; the ``paper`` runs on VOC are ``action=profile``, without
-mAP) unless ``--keep DIR`` already holds them. Then it times ``python -m ablate.table --results ROOT
+mAP) unless ``--keep DIR`` already holds them. Then it times ``python -m ablate.report --results ROOT
 -q`` in a fresh interpreter (imports, loading, summary, csv/tex/md and figures: what ``make table``
 does) ``--repeats`` times, printing wall and CPU seconds (the process and its figure workers) and the
 1-minute load average before each run (the machine is shared: compare runs at a low load), and the
@@ -139,14 +139,14 @@ def write_results(root: Path, records: list[dict]) -> Path:
 
 def time_cli(root: Path, repeats: int) -> list[tuple[float, float, float]]:
     """(wall s, CPU s of the process and its workers, 1-min load average before) per repeat of
-    ``python -m ablate.table --results root -q`` in a fresh interpreter."""
+    ``python -m ablate.report --results root -q`` in a fresh interpreter."""
     out = []
     for _ in range(repeats):
         load = os.getloadavg()[0]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "ablate.table", "--results", str(root), "-q"],
+            [sys.executable, "-m", "ablate.report", "--results", str(root), "-q"],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {args.records} synthetic records under {root / RUNS} in {took:.1f} s")
         runs = time_cli(root, args.repeats)
         for wall, cpu, load in runs:
-            print(f"  python -m ablate.table: {wall:.2f} s wall, {cpu:.2f} s CPU (load before: {load:.2f})")
+            print(f"  python -m ablate.report: {wall:.2f} s wall, {cpu:.2f} s CPU (load before: {load:.2f})")
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        from ..table import make_tables
+        from ..report import make_tables
 
         start = time.perf_counter()
         report = make_tables(root)  # logs its phase times

@@ -421,7 +421,7 @@ def config_defaults() -> dict[str, Any]:
 
 def selected_records(results: Path, where: list[str]) -> list[dict[str, Any]]:
     """The records under ``results`` matching the ``--where`` filters (as ``make table`` selects them)."""
-    from ..table import filter_runs, load_records, parse_where, runs_frame
+    from ..report.load import filter_runs, load_records, parse_where, runs_frame
 
     records = load_records(results).records
     if not where or not records:

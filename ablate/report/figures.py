@@ -9,6 +9,11 @@
   baseline), one panel per block and dataset; each cell prints its Δ, † marking a significant paired
   t-test (α = 0.05); above :data:`ANNOTATE_CELLS_UP_TO` cells per figure the numbers are left out and
   a dot marks the significant cells.
+* ``position_scan``: for position scans (one attention inserted at one layer index per configuration,
+  ``+pos=scan`` or ``+pos=custom pos.layers=[i]``, at two or more indices), Δ mAP50-95 (points) with its
+  confidence interval against the layer index, one line per attention, one panel per block and dataset;
+  under each index its output stride (/8 = P3); filled markers where the adjusted p is below α, hollow
+  where one paired seed gives no interval.
 * ``bench_complexity``: when ``<results>/bench/modules.csv`` (``make bench``) exists, forward FLOPs and
   forward latency against the token count N, log–log, per module at one channel count (128 when
   measured), peers dashed.
@@ -16,18 +21,15 @@
 matplotlib is driven through ``matplotlib.figure.Figure`` (no pyplot state, Agg canvas), with fixed
 margins (a layout engine measured every tick label on each save). The figures are drawn in two
 forked worker processes when two CPUs are free of other work, else in the calling process
-(:class:`FigurePool`, :func:`default_workers`).
+(:mod:`.workers`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import multiprocessing as mp
-import os
-import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,8 @@ LABEL_ALL_UP_TO = 12  # label every point of a panel with at most this many; oth
 FIGURE_COLUMNS = (
     "block", "dataset", "n", "is_baseline", "attn_label", "pos_label", "map50_95_mean", "map50_95_std",
     "latency_ms_mean", "latency_ms_std", "gflops_mean", "gflops_std", "delta_map50_95", "delta_map50_95_sig",
+    "pos", "layers", "strides", "mode", "attn", "pos_order", "delta_map50_95_ci_low",
+    "delta_map50_95_ci_high", "delta_map50_95_n",
 )  # fmt: skip
 ANNOTATE_CELLS_UP_TO = 200  # print the Δ in every heat-map cell up to this many cells per figure
 
@@ -204,7 +208,11 @@ def plot_delta_heatmap(summary: pd.DataFrame, path: Path) -> list[Path]:
     blocks, datasets = _panels(s)
     panels = _by_panel(s)
     attns = sorted(s["attn_label"].astype(str).unique())
-    positions = list(dict.fromkeys(s["pos_label"].astype(str)))  # summary order: by preset position
+    if "pos_order" in s:  # presets in order, then custom placements by layer index
+        first = s.groupby(s["pos_label"].astype(str))["pos_order"].min()
+        positions = list(first.sort_values(kind="stable").index)
+    else:
+        positions = list(dict.fromkeys(s["pos_label"].astype(str)))
     a_index, p_index = {a: i for i, a in enumerate(attns)}, {q: i for i, q in enumerate(positions)}
     vmax = float(np.nanmax(np.abs(100 * s["delta_map50_95"].to_numpy(float)))) or 1.0
     w, h = max(2.5, 0.42 * len(positions) + 0.6), max(1.6, 0.3 * len(attns) + 0.6)
@@ -273,6 +281,90 @@ def plot_delta_heatmap(summary: pd.DataFrame, path: Path) -> list[Path]:
     return _save(fig, path)
 
 
+def _single(value: Any) -> int | None:
+    """The one index of a single-element list (or its JSON text), else None."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, list | tuple) and len(value) == 1 and isinstance(value[0], int | float):
+        return int(value[0])
+    return None
+
+
+def scan_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The configurations of position scans: one attention at one custom layer index, with a Δ, in panels
+    (block × dataset) where the same attention was placed at two or more indices."""
+    need = {"pos", "layers", "delta_map50_95"}
+    if not need <= set(summary.columns):
+        return summary.iloc[0:0]
+    s = summary[(summary["n"] > 0) & ~summary["is_baseline"] & (summary["pos"] == "custom")]
+    s = s[s["delta_map50_95"].notna()].copy()
+    s["layer"] = s["layers"].map(_single)
+    s["stride"] = s["strides"].map(_single) if "strides" in s else None
+    s = s[s["layer"].notna()]
+    if s.empty:
+        return s
+    s["series"] = s["attn_label"].astype(str) + s["mode"].map(
+        lambda m: " (replace)" if m == "replace" else ""
+    )
+    counts = s.groupby(["block", "dataset", "series"])["layer"].transform("nunique")
+    return s[counts >= 2].sort_values(["block", "dataset", "series", "layer"], kind="stable")
+
+
+def plot_position_scan(summary: pd.DataFrame, path: Path) -> list[Path]:
+    """Δ mAP50-95 (points) with its interval against the layer index, per attention; strides marked."""
+    s = scan_rows(summary)
+    if s.empty:
+        return []
+    panels = list(s.groupby(["block", "dataset"], sort=False))
+    nrows, ncols = _grid(len(panels), max_cols=2)
+    layers_all = sorted(s["layer"].astype(int).unique())
+    w = max(4.0, 0.28 * len(layers_all) + 1.2)
+    fig, axes = _figure(nrows, ncols, w, 2.6, left=0.75, right=0.2, bottom=0.85, top=0.75, hgap=1.3)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.set_visible(False)
+    series_all = list(dict.fromkeys(s["series"]))
+    colors = {name: f"C{i % 10}" for i, name in enumerate(series_all)}
+    for ax, ((block, ds), p) in zip(axes.ravel(), panels, strict=False):
+        strides: dict[int, int] = {}
+        for name, g in p.groupby("series", sort=False):
+            x = g["layer"].to_numpy(float)
+            y = 100 * g["delta_map50_95"].to_numpy(float)
+            low = 100 * g["delta_map50_95_ci_low"].to_numpy(float)
+            high = 100 * g["delta_map50_95_ci_high"].to_numpy(float)
+            has_ci = ~np.isnan(low) & ~np.isnan(high)
+            sig = g["delta_map50_95_sig"].to_numpy(bool)
+            color = colors[name]
+            ax.plot(x, y, color=color, lw=1, alpha=0.8, label=name)
+            yerr = np.vstack([np.where(has_ci, y - low, 0.0), np.where(has_ci, high - y, 0.0)])
+            ax.errorbar(
+                x[has_ci], y[has_ci], yerr=yerr[:, has_ci], fmt="none", ecolor=color, lw=0.8, capsize=2
+            )
+            ax.scatter(x[sig], y[sig], s=28, color=color, zorder=3)
+            ax.scatter(x[~sig], y[~sig], s=28, facecolors="white", edgecolors=color, zorder=3)
+            for layer, stride in zip(g["layer"], g["stride"], strict=True):
+                if stride is not None and not (isinstance(stride, float) and math.isnan(stride)):
+                    strides[int(layer)] = int(stride)
+        ax.axhline(0.0, color="k", lw=0.7)
+        ticks = sorted(p["layer"].astype(int).unique())
+        ax.set_xticks(ticks, [f"{i}\n/{strides[i]}" if i in strides else str(i) for i in ticks], fontsize=7)
+        ax.set_xlabel("layer index (output stride below)", fontsize=8)
+        ax.set_ylabel("Δ mAP50-95 (points)", fontsize=8)
+        ax.set_title(f"{ds}\n{block}", fontsize=7, y=1.0)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=6, frameon=False)
+    height = fig.get_size_inches()[1]
+    fig.suptitle(
+        "Where should the attention go? Δ mAP50-95 vs the baseline, paired by seed, with its CI; "
+        "filled: significant after correction",
+        fontsize=8,
+        y=1 - 0.1 / height,
+    )
+    return _save(fig, path)
+
+
 def plot_bench(csv_path: Path, path: Path, channels: int = 128) -> list[Path]:
     """Module complexity curves from ``make bench``'s ``modules.csv`` (FLOPs and forward ms vs N)."""
     rows = pd.read_csv(csv_path)
@@ -316,102 +408,8 @@ def figure_jobs(
         (plot_tradeoff, (summary, "gflops", "GFLOPs", out_dir / "map_vs_gflops")),
         (plot_delta_heatmap, (summary, out_dir / "delta_heatmap")),
     ]
+    if not scan_rows(summary).empty:
+        jobs.append((plot_position_scan, (summary, out_dir / "position_scan")))
     if bench_csv is not None and Path(bench_csv).is_file():
         jobs.append((plot_bench, (Path(bench_csv), out_dir / "bench_complexity")))
     return jobs
-
-
-def _cpu_sample() -> tuple[float, float, float] | None:
-    """(CPU-seconds busy on all CPUs from /proc/stat, this process's CPU-seconds, monotonic time)."""
-    try:
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:9]]
-        busy = (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-    return busy, time.process_time(), time.monotonic()
-
-
-_SINCE_IMPORT = _cpu_sample()
-
-
-def free_cpus(since: tuple[float, float, float] | None = _SINCE_IMPORT) -> float | None:
-    """CPUs that other processes left free on average since ``since`` (default: this module's import),
-    this process's own use counted as free; None where /proc/stat is not available."""
-    now = _cpu_sample()
-    if since is None or now is None or now[2] - since[2] < 0.05:
-        return None
-    others = (now[0] - since[0]) - (now[1] - since[1])
-    return (os.cpu_count() or 1) - max(0.0, others) / (now[2] - since[2])
-
-
-def default_workers() -> int:
-    """Figure worker processes: 2 when two CPUs are free of other work, else 1 (draw in this process).
-
-    Drawing in workers costs about a second of extra CPU (each worker imports matplotlib and loads its
-    fonts); it pays only with a second free CPU. Other processes' load is measured since this module
-    was imported (:func:`free_cpus`; the caller loads the records meanwhile).
-    """
-    workers = min(2, os.cpu_count() or 1)
-    free = free_cpus()
-    if workers > 1 and free is not None and free < 1.5:
-        workers = 1
-    log.debug(
-        "figure workers: %d (CPUs free of other work: %s)", workers, "?" if free is None else f"{free:.2f}"
-    )
-    return workers
-
-
-def _warm() -> None:
-    """Worker initializer: import matplotlib and load its default font while the caller is busy."""
-    from matplotlib.figure import Figure
-
-    Figure(figsize=(1, 1)).text(0, 0, "0").get_window_extent()
-
-
-class FigurePool:
-    """Worker processes for the figures, forked at construction so that their matplotlib import and
-    font loading overlap the caller's own work (loading records, statistics).
-
-    ``workers`` defaults to :func:`default_workers`. With one worker, or where ``fork`` is not
-    available, nothing is started and :meth:`wait` draws the figures in this process.
-    """
-
-    def __init__(self, workers: int | None = None) -> None:
-        workers = default_workers() if workers is None else workers
-        self._jobs: list[tuple[Callable[..., list[Path]], tuple[Any, ...]]] = []
-        self._futures: list[Any] = []
-        self._pool: ProcessPoolExecutor | None = None
-        if workers > 1 and "fork" in mp.get_all_start_methods():
-            ctx = mp.get_context("fork")
-            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_warm)
-            self._pool.submit(int)  # with fork, the first submit starts every worker now
-
-    def submit(self, summary: pd.DataFrame, out_dir: Path, bench_csv: Path | None = None) -> None:
-        """Queue every figure that has data (drawn at once in the workers, or at :meth:`wait`)."""
-        self._jobs = figure_jobs(summary, out_dir, bench_csv)
-        if self._pool is not None:
-            self._futures = [self._pool.submit(fn, *args) for fn, args in self._jobs]
-
-    def wait(self) -> list[Path]:
-        """The files written (PNG and PDF of each figure), once every figure is done."""
-        try:
-            if self._pool is None:
-                return [p for fn, args in self._jobs for p in fn(*args)]
-            return [p for f in self._futures for p in f.result()]
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
-
-
-def write_figures(
-    summary: pd.DataFrame, out_dir: Path, bench_csv: Path | None = None, workers: int | None = None
-) -> list[Path]:
-    """Every figure that has data; returns the files written (PNG and PDF of each)."""
-    pool = FigurePool(workers)
-    pool.submit(summary, out_dir, bench_csv)
-    return pool.wait()

@@ -16,12 +16,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from scipy import stats
 
-from ablate import table
+from ablate import report as reporting
 from ablate.records import RunRecord, run_dir, write_record
+from ablate.report import load, render, statistics
+from ablate.report.__main__ import main as report_main
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]
@@ -32,7 +35,7 @@ HASH_Q, HASH_L = "q" * 16, "l" * 16
 # (train settings, dataset, attn, pos) -> per-seed (map50, map50_95, ap_small); params, gflops, latency
 MAP = {
     (HASH_Q, "shapes", "none", "none"): [(0.50, 0.30, 0.10), (0.52, 0.32, 0.12), (0.51, 0.31, 0.11)],
-    (HASH_Q, "shapes", "rala", "neck"): [(0.58, 0.36, 0.15), (0.59, 0.37, 0.16), (0.61, 0.38, 0.18)],
+    (HASH_Q, "shapes", "rala", "neck"): [(0.58, 0.360, 0.15), (0.59, 0.381, 0.16), (0.61, 0.369, 0.18)],
     (HASH_Q, "shapes", "fla", "neck"): [(0.53, 0.31, 0.12), (0.50, 0.30, 0.09), (0.54, 0.33, 0.13)],
     (HASH_Q, "shapes", "mhsa", "p5"): [(0.49, 0.29, 0.10)],  # one seed: no test
     (HASH_Q, "digits", "none", "none"): [(0.40, 0.20, 0.05), (0.42, 0.22, 0.07), (0.41, 0.21, 0.06)],
@@ -143,12 +146,12 @@ def write_fixture(results: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, table.Report]:
+def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, reporting.Report]:
     results = tmp_path_factory.mktemp("results")
     write_fixture(results)
     (results / "bench").mkdir()
     _write_bench_csv(results / "bench" / "modules.csv")
-    return results, table.make_tables(results)
+    return results, reporting.make_tables(results)
 
 
 def _write_bench_csv(path: Path) -> None:
@@ -167,7 +170,7 @@ def _write_bench_csv(path: Path) -> None:
                 w.writerow([name, impl, "", 128, n, g, "ok", 1e-6 * n**exp, 1e-3 * n**exp])
 
 
-def _summary_row(report: table.Report, h: str, ds: str, attn: str, pos: str) -> dict[str, object]:
+def _summary_row(report: reporting.Report, h: str, ds: str, attn: str, pos: str) -> dict[str, object]:
     s = report.summary
     rows = s[s["config_key"] == _ckey(h, ds, attn, pos)]
     assert len(rows) == 1
@@ -178,10 +181,30 @@ def _col(values: list[tuple[float, float, float]], i: int) -> np.ndarray:
     return np.array([v[i] for v in values])
 
 
+def _family_p(summary: object) -> dict[tuple[str, str], float]:
+    """Every p value the table's Δ cells carry: (config_key, metric) -> p (n ≥ 2 paired seeds)."""
+    out = {}
+    for r in summary.to_dict("records"):  # type: ignore[attr-defined]
+        for m in ("map50", "map50_95", "ap_small"):
+            if not math.isnan(r[f"delta_{m}_p"]):
+                out[(r["config_key"], m)] = r[f"delta_{m}_p"]
+    return out
+
+
+def _holm_by_hand(ps: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    """Holm's step-down adjustment written out: the i-th smallest p times (m − i), running maximum, ≤ 1."""
+    ranked = sorted(ps.items(), key=lambda kv: kv[1])
+    out, running = {}, 0.0
+    for i, (key, p) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - i) * p))
+        out[key] = running
+    return out
+
+
 # ------------------------------------------------------------------------------------------- tests
 
 
-def test_runs_csv_one_row_per_readable_record(made: tuple[Path, table.Report]) -> None:
+def test_runs_csv_one_row_per_readable_record(made: tuple[Path, reporting.Report]) -> None:
     results, report = made
     with (results / "runs.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -205,7 +228,7 @@ def test_runs_csv_one_row_per_readable_record(made: tuple[Path, table.Report]) -
     ],
 )
 def test_summary_means_stds_deltas_significance(
-    made: tuple[Path, table.Report], h: str, ds: str, attn: str, pos: str
+    made: tuple[Path, reporting.Report], h: str, ds: str, attn: str, pos: str
 ) -> None:
     _, report = made
     row = _summary_row(report, h, ds, attn, pos)
@@ -221,19 +244,27 @@ def test_summary_means_stds_deltas_significance(
         assert row[f"delta_{m}_std"] == pytest.approx(d.std(ddof=1))
         assert row[f"delta_{m}_n"] == 3
         assert row[f"delta_{m}_p"] == pytest.approx(test.pvalue, rel=1e-6)
-        assert bool(row[f"delta_{m}_sig"]) == (test.pvalue < 0.05)
-        if test.pvalue < 0.05:
+        low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+        assert row[f"delta_{m}_ci_low"] == pytest.approx(low) and row[f"delta_{m}_ci_high"] == pytest.approx(
+            high
+        )
+        family = _family_p(report.summary)
+        adjusted = _holm_by_hand(family)
+        assert row[f"delta_{m}_p_adj"] == pytest.approx(adjusted[row["config_key"], m])
+        assert bool(row[f"delta_{m}_sig"]) == (adjusted[row["config_key"], m] < 0.05)
+        if row[f"delta_{m}_sig"]:
             assert math.isnan(row[f"delta_{m}_seeds_needed"])
-        else:  # n ≈ 15.7·σ²/δ², σ² the mean of the two arms' variances
+        else:  # n ≈ 2(z_{1-α/2m} + z_0.8)²·σ²/δ², σ² the mean of the two arms' variances
             sigma2 = (v.var(ddof=1) + b.var(ddof=1)) / 2
-            assert row[f"delta_{m}_seeds_needed"] == max(2, math.ceil(15.7 * sigma2 / d.mean() ** 2))
+            factor = 2 * (stats.norm.ppf(1 - 0.05 / (2 * len(family))) + stats.norm.ppf(0.8)) ** 2
+            assert row[f"delta_{m}_seeds_needed"] == max(2, math.ceil(factor * sigma2 / d.mean() ** 2))
     # latency: one measurement of the architecture, the same for every seed (so no spread)
     assert row["latency_ms_mean"] == pytest.approx(MEASURES[attn][2]) and row["latency_ms_std"] == 0
     assert row["latency_ratio_mean"] == pytest.approx(MEASURES[attn][2] / MEASURES["none"][2])
     assert row["params_mean"] == MEASURES[attn][0] and row["params_std"] == 0
 
 
-def test_expected_significance_pattern(made: tuple[Path, table.Report]) -> None:
+def test_expected_significance_pattern(made: tuple[Path, reporting.Report]) -> None:
     """The fixture is built so that RALA's gain on shapes is significant and FLA's is not."""
     _, report = made
     assert _summary_row(report, HASH_Q, "shapes", "rala", "neck")["delta_map50_95_sig"]
@@ -241,13 +272,13 @@ def test_expected_significance_pattern(made: tuple[Path, table.Report]) -> None:
     assert not fla["delta_map50_95_sig"] and fla["delta_map50_95_seeds_needed"] >= 2
 
 
-def test_failed_runs_excluded_and_counted(made: tuple[Path, table.Report]) -> None:
+def test_failed_runs_excluded_and_counted(made: tuple[Path, reporting.Report]) -> None:
     _, report = made
     row = _summary_row(report, HASH_Q, "shapes", "rala", "neck")
     assert row["n"] == 3 and row["n_failed"] == 1 and report.n_failed == 1
 
 
-def test_train_settings_never_averaged(made: tuple[Path, table.Report]) -> None:
+def test_train_settings_never_averaged(made: tuple[Path, reporting.Report]) -> None:
     _, report = made
     quick = _summary_row(report, HASH_Q, "shapes", "rala", "neck")
     long = _summary_row(report, HASH_L, "shapes", "rala", "neck")
@@ -258,7 +289,7 @@ def test_train_settings_never_averaged(made: tuple[Path, table.Report]) -> None:
 
 
 def test_one_seed_and_missing_baseline(
-    made: tuple[Path, table.Report], caplog: pytest.LogCaptureFixture
+    made: tuple[Path, reporting.Report], caplog: pytest.LogCaptureFixture
 ) -> None:
     results, report = made
     mhsa = _summary_row(report, HASH_Q, "shapes", "mhsa", "p5")
@@ -271,15 +302,15 @@ def test_one_seed_and_missing_baseline(
     assert odd["delta_map50_95_n"] == 0 and math.isnan(odd["delta_map50_95"])
     # only the recorded settings that differ from conf/train/quick.yaml become overrides (the fixture's
     # records have the QUICK settings)
-    preset = yaml.safe_load((Path(table.__file__).parents[1] / "conf/train/quick.yaml").read_text())
+    preset = yaml.safe_load((Path(reporting.__file__).parents[2] / "conf/train/quick.yaml").read_text())
     differing = "".join(
         f" train.{k}={v}" for k, v in QUICK.items() if k not in ("name", "extra") and preset[k] != v
     )
     assert report.baseline_commands == [
         f"python -m ablate model=yolo12n dataset=odd_set train=quick{differing} seed=0,1 -m"
     ]
-    with caplog.at_level(logging.WARNING, logger="ablate.table"):
-        table.make_tables(results, figures=False)
+    with caplog.at_level(logging.WARNING, logger="ablate.report.hints"):
+        reporting.make_tables(results, figures=False)
     warning = next(r.getMessage() for r in caplog.records if "baseline" in r.getMessage())
     assert "dataset=odd_set" in warning and "seed=0,1 -m" in warning and "python -m ablate" in warning
 
@@ -290,7 +321,7 @@ def _tex_row(tex: str, attn: str, block: str) -> list[str]:
     return [c.strip() for c in line.removesuffix(r"\\").split(" & ")]
 
 
-def test_latex_contents_bold_and_markers(made: tuple[Path, table.Report]) -> None:
+def test_latex_contents_bold_and_markers(made: tuple[Path, reporting.Report]) -> None:
     results, _ = made
     tex = (results / "tables" / "ablation.tex").read_text()
     assert tex.isascii()
@@ -310,9 +341,14 @@ def test_latex_contents_bold_and_markers(made: tuple[Path, table.Report]) -> Non
     b = _col(MAP[(HASH_Q, "shapes", "none", "none")], 1)
     cell = rala[col("shapes", 1)]
     assert cell.startswith(rf"\textbf{{{100 * v.mean():.1f}}} $\pm$ {100 * v.std(ddof=1):.1f}")
-    assert f"(${100 * (v - b).mean():+.1f}^\\dagger$)" in cell
+    d = v - b
+    low, high = (100 * x for x in stats.t.interval(0.95, 2, loc=d.mean(), scale=stats.sem(d)))
+    assert f"({100 * d.mean():+.1f} [{low:+.1f}, {high:+.1f}]$^\\dagger$)" in cell
     f = _col(MAP[(HASH_Q, "shapes", "fla", "neck")], 1)
-    assert f"(${100 * (f - b).mean():+.1f}$)" in fla[col("shapes", 1)]  # not significant: no dagger
+    fla_cell = fla[col("shapes", 1)]
+    assert f"({100 * (f - b).mean():+.1f} [" in fla_cell and "dagger" not in fla_cell  # not significant
+    mhsa = _tex_row(tex, "mhsa", quick_block)[col("shapes", 1)]  # one paired seed: no interval, no mark
+    assert mhsa.endswith("; $n{=}1$)") and "[" not in mhsa and "dagger" not in mhsa
     assert not fla[col("shapes", 1)].startswith(r"\textbf")
     # lower is better for cost: the baseline has the fewest params, GFLOPs and the lowest latency
     assert (
@@ -325,11 +361,15 @@ def test_latex_contents_bold_and_markers(made: tuple[Path, table.Report]) -> Non
     odd = _tex_row(tex, "tssa", quick_block)
     assert odd[col("odd_set", 1)].endswith("(---)")
     assert "1 failed run excluded" in tex and "paired $t$-test" in tex
+    caption = tex.split(r"\caption{", 1)[1].split(r"\label", 1)[0]
+    family = len(_family_p(made[1].summary))
+    assert f"adjusted by Holm over the {family} comparisons" in caption and r"$\alpha = 0.05$" in caption
+    assert "95\\% CI" in caption and "not evidence" in tex
     profile = _tex_row(tex, "rala", "profile}")
     assert profile[col("shapes", 1)] == "---" and profile[2] == "2.65"
 
 
-def test_latex_compiles(made: tuple[Path, table.Report], tmp_path: Path) -> None:
+def test_latex_compiles(made: tuple[Path, reporting.Report], tmp_path: Path) -> None:
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not on PATH (apt-get install texlive-latex-base texlive-latex-recommended)")
     results, _ = made
@@ -349,21 +389,27 @@ def test_latex_compiles(made: tuple[Path, table.Report], tmp_path: Path) -> None
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
 
 
-def test_markdown_and_terminal_table(made: tuple[Path, table.Report]) -> None:
+def test_markdown_and_terminal_table(made: tuple[Path, reporting.Report]) -> None:
     results, report = made
     md = (results / "tables" / "ablation.md").read_text()
     v = _col(MAP[(HASH_Q, "shapes", "rala", "neck")], 1)
-    assert f"**{100 * v.mean():.1f}** ± {100 * v.std(ddof=1):.1f}" in md and "†)" in md
+    assert f"**{100 * v.mean():.1f}** ± {100 * v.std(ddof=1):.1f}" in md and "]†)" in md
     assert "| Position | Attention | Params (M) |" in md
-    text = table.summary_table(results)
-    assert text == table.format_summary(report.summary)
-    fla_line = next(ln for ln in text.splitlines() if " fla " in ln and "shapes" in ln)
+    text = reporting.summary_table(results)
+    assert text == render.format_summary(report.summary)
+    quick = text.split("train quick (qqqqqqqq)", 1)[1].split("==", 2)[1]  # the quick block's lines
+    fla_line = next(ln for ln in quick.splitlines() if " fla " in ln and "shapes" in ln)
     need = int(_summary_row(report, HASH_Q, "shapes", "fla", "neck")["delta_map50_95_seeds_needed"])
     assert f"~{need} seeds" in fla_line
-    assert "significant" in next(ln for ln in text.splitlines() if " rala " in ln and "shapes" in ln)
+    assert "significant" in next(ln for ln in quick.splitlines() if " rala " in ln and "shapes" in ln)
+    mhsa_line = next(ln for ln in quick.splitlines() if " mhsa " in ln)
+    assert "n=1, not evidence" in mhsa_line
+    assert (
+        "adjusted by Holm" in text and "shapes: 1 Δ cell from one paired seed (n = 1): not evidence" in text
+    )
 
 
-def test_figures_written(made: tuple[Path, table.Report]) -> None:
+def test_figures_written(made: tuple[Path, reporting.Report]) -> None:
     results, report = made
     names = {p.name for p in report.figures}
     for stem in ("map_vs_latency", "map_vs_gflops", "delta_heatmap", "bench_complexity"):
@@ -373,7 +419,7 @@ def test_figures_written(made: tuple[Path, table.Report]) -> None:
 
 
 def test_pareto_front() -> None:
-    from ablate.figures import pareto_front
+    from ablate.report.figures import pareto_front
 
     x = np.array([1.0, 2.0, 3.0, 2.5, 1.0])
     y = np.array([10.0, 12.0, 11.0, 13.0, 9.0])
@@ -381,14 +427,14 @@ def test_pareto_front() -> None:
 
 
 def test_latex_escape() -> None:
-    assert table.latex_escape("a_b & 50% #1 {x} ~^$\\") == (
+    assert render.latex_escape("a_b & 50% #1 {x} ~^$\\") == (
         r"a\_b \& 50\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\$\textbackslash{}"
     )
 
 
 def test_cli_where_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_fixture(tmp_path)
-    table.main(
+    report_main(
         ["--results", str(tmp_path), "--where", "dataset=digits", "--where", "action=train", "--no-figures"]
     )
     out = capsys.readouterr().out
@@ -408,7 +454,7 @@ def test_cli_where_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_cli_where_keeps_baseline_for_delta(tmp_path: Path) -> None:
     write_fixture(tmp_path)
-    report = table.make_tables(tmp_path, table.parse_where(["attn=rala", "seed=0,1"]), figures=False)
+    report = reporting.make_tables(tmp_path, load.parse_where(["attn=rala", "seed=0,1"]), figures=False)
     s = report.summary
     row = s[s["config_key"] == _ckey(HASH_Q, "shapes", "rala", "neck")].iloc[0]
     v = _col(MAP[(HASH_Q, "shapes", "rala", "neck")], 1)[:2]
@@ -419,7 +465,7 @@ def test_cli_where_keeps_baseline_for_delta(tmp_path: Path) -> None:
 
 def test_write_runs_csv_for_sweeps(tmp_path: Path) -> None:
     write_fixture(tmp_path)
-    path = table.write_runs_csv(tmp_path, {"dataset": "shapes", "status": "failed"})
+    path = load.write_runs_csv(tmp_path, {"dataset": "shapes", "status": "failed"})
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert path == tmp_path / "runs.csv" and len(rows) == 1 and rows[0]["error"] == "boom"
@@ -429,7 +475,7 @@ def test_cli_bad_where_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[
     write_fixture(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(SystemExit) as exc:
-        table.main(["--results", str(tmp_path), "--where", "datasett=shapes"])
+        report_main(["--results", str(tmp_path), "--where", "datasett=shapes"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "'datasett'" in err and "dataset" in err and "valid:" in err
@@ -441,7 +487,7 @@ def test_cli_bad_where_subprocess(tmp_path: Path) -> None:
     write_fixture(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     proc = subprocess.run(
-        [sys.executable, "-m", "ablate.table", "--results", str(tmp_path), "--where", "colour=red", "-q"],
+        [sys.executable, "-m", "ablate.report", "--results", str(tmp_path), "--where", "colour=red", "-q"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -456,7 +502,7 @@ def test_cli_bad_where_subprocess(tmp_path: Path) -> None:
 
 def test_no_records_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        table.main(["--results", str(tmp_path)])
+        report_main(["--results", str(tmp_path)])
     assert exc.value.code == 2 and capsys.readouterr().err.startswith("error: no run records")
     assert list(tmp_path.iterdir()) == []
 
@@ -475,7 +521,7 @@ def test_records_without_grouping_keys(tmp_path: Path) -> None:
         d |= {"imgsz": 96, "batch": 8, "map50_95": m, "map50": "not a number"}
         (tmp_path / "runs" / d["key"]).mkdir(parents=True)
         (tmp_path / "runs" / d["key"] / "record.json").write_text(json.dumps(d))
-    report = table.make_tables(tmp_path, figures=False)
+    report = reporting.make_tables(tmp_path, figures=False)
     row = report.summary[report.summary["attn"] == "rala"].iloc[0]
     assert row["n"] == 2 and row["delta_map50_95_n"] == 2
     assert row["delta_map50_95"] == pytest.approx(np.mean([0.06, 0.04]))
@@ -485,31 +531,31 @@ def test_records_without_grouping_keys(tmp_path: Path) -> None:
 def test_all_runs_failed(tmp_path: Path) -> None:
     rec = _record(HASH_Q, "shapes", "rala", "neck", 0, status="failed", error="boom")
     write_record(run_dir(tmp_path, rec.key), rec)
-    report = table.make_tables(tmp_path)
+    report = reporting.make_tables(tmp_path)
     assert report.n_failed == 1 and report.figures == []
     assert report.summary["n"].tolist() == [0] and report.summary["n_failed"].tolist() == [1]
     tex = report.tex.read_text()
     assert "No successful run." in tex and "1 failed run excluded." in tex
-    assert "no successful run" in table.format_summary(report.summary)
+    assert "no successful run" in render.format_summary(report.summary)
 
 
 def test_t_distribution_matches_scipy() -> None:
     t = np.array([0.0, 0.3, 1.0, 2.0, 2.776, 4.3, 9.9, 63.7, 1e4, np.inf, -2.5])
     for df in range(1, 31):
         np.testing.assert_allclose(
-            table.t_test_p(t, df), 2 * stats.t.sf(np.abs(t), df), rtol=1e-9, atol=1e-15
+            statistics.t_test_p(t, df), 2 * stats.t.sf(np.abs(t), df), rtol=1e-9, atol=1e-15
         )
-    assert np.isnan(table.t_test_p(1.0, 0)) and np.isnan(table.t_test_p(np.nan, 3))
+    assert np.isnan(statistics.t_test_p(1.0, 0)) and np.isnan(statistics.t_test_p(np.nan, 3))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_figures_in_process_and_in_workers(
-    made: tuple[Path, table.Report], tmp_path: Path, workers: int
+    made: tuple[Path, reporting.Report], tmp_path: Path, workers: int
 ) -> None:
-    from ablate import figures
+    from ablate.report.workers import write_figures
 
     _, report = made
-    paths = figures.write_figures(report.summary, tmp_path, None, workers=workers)
+    paths = write_figures(report.summary, tmp_path, None, workers=workers)
     assert sorted(p.name for p in paths) == sorted(
         f"{stem}.{ext}"
         for stem in ("map_vs_latency", "map_vs_gflops", "delta_heatmap")
@@ -527,7 +573,7 @@ def test_module_variants_are_labelled(tmp_path: Path) -> None:
             )
             rec.map50, rec.map50_95 = 0.5 + 0.01 * seed, 0.3
             write_record(run_dir(tmp_path, rec.key), rec)
-    report = table.make_tables(tmp_path, figures=False)
+    report = reporting.make_tables(tmp_path, figures=False)
     labels = set(report.summary["attn_label"])
     assert labels == {"none (baseline)", "rala (no RoPE)"}
     assert "rala (no RoPE)" in Path(report.tex).read_text()
@@ -543,7 +589,7 @@ def test_warm_start_rows_say_so_in_the_block_and_the_footnote(tmp_path: Path, sh
             write_record(run_dir(tmp_path, rec.key), rec)
     base = _record(HASH_L, "shapes", "none", "none", 0, role="base", map50=0.9, map50_95=0.7)
     write_record(run_dir(tmp_path, base.key), base)
-    report = table.make_tables(tmp_path, figures=False)
+    report = reporting.make_tables(tmp_path, figures=False)
     assert set(report.summary["block"]) == {"yolo12n, train quick (qqqqqqqq), 40 ep, 96 px, warm start"}
     md = Path(report.md).read_text()
     if shared:
@@ -552,3 +598,157 @@ def test_warm_start_rows_say_so_in_the_block_and_the_footnote(tmp_path: Path, sh
         assert "each seed fine-tunes its own base checkpoint" in md
     with open(report.runs_csv) as f:  # the base run is listed, not tabulated
         assert any(r["role"] == "base" for r in csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------- intervals and corrections
+
+
+def test_holm_and_bh_worked_by_hand() -> None:
+    p = [0.01, 0.04, 0.03, 0.005, float("nan")]
+    # Holm: sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> running max 0.06
+    np.testing.assert_allclose(statistics.adjust_p(p, "holm"), [0.03, 0.06, 0.06, 0.02, np.nan])
+    # BH: 0.005·4/1 = 0.02, 0.01·4/2 = 0.02, 0.03·4/3 = 0.04, 0.04·4/4 = 0.04 -> running min from the top
+    np.testing.assert_allclose(statistics.adjust_p(p, "bh"), [0.02, 0.04, 0.04, 0.02, np.nan])
+    np.testing.assert_allclose(statistics.adjust_p(p, "none"), p)
+    assert statistics.adjust_p([0.6, 0.5], "holm").tolist() == [1.0, 1.0]  # 0.5·2 = 1.0, then max(1.0, 0.6)
+    assert np.isnan(statistics.adjust_p([float("nan")], "holm")).all()
+
+
+def test_t_interval_and_bootstrap_against_independent_computations() -> None:
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 5, 10):
+        d = rng.normal(0.5, 1.0, n)
+        low, high = statistics.t_interval(d.mean(), d.std(ddof=1), n, 0.95)
+        ref = stats.t.interval(0.95, n - 1, loc=d.mean(), scale=stats.sem(d))
+        assert (float(low), float(high)) == pytest.approx(ref)
+    assert np.isnan(statistics.t_interval(1.0, 0.5, 1)[0])
+    d = np.array([0.2, 0.5, 0.1, 0.4, 0.3])
+    low, high = statistics.bootstrap_interval(d, 0.95, 4000, seed=7)
+    means = d[np.random.default_rng(7).integers(0, 5, size=(4000, 5))].mean(axis=1)
+    assert (low, high) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
+    assert statistics.bootstrap_interval(d, 0.95, 4000, seed=7) == (low, high)  # fixed seed: reproducible
+    assert d.min() <= low < d.mean() < high <= d.max()
+    assert statistics.seeds_factor(0.05) == pytest.approx(15.7, abs=0.01)
+
+
+def test_bootstrap_option_and_corrections_through_the_cli(tmp_path: Path) -> None:
+    write_fixture(tmp_path)
+    report_main(["--results", str(tmp_path), "--no-figures", "-q", "--ci", "bootstrap", "--correction", "bh"])
+    with (tmp_path / "summary.csv").open(newline="") as fh:
+        summary = list(csv.DictReader(fh))
+    row = next(r for r in summary if r["config_key"] == _ckey(HASH_Q, "shapes", "fla", "neck"))
+    d = _col(MAP[(HASH_Q, "shapes", "fla", "neck")], 1) - _col(MAP[(HASH_Q, "shapes", "none", "none")], 1)
+    low, high = statistics.bootstrap_interval(d, 0.95, 10_000, seed=0)
+    assert float(row["delta_map50_95_ci_low"]) == pytest.approx(low)
+    assert float(row["delta_map50_95_ci_high"]) == pytest.approx(high)
+    family = {k: float(r[f"delta_{k[1]}_p"]) for r in summary for k in [(r["config_key"], m) for m in
+              ("map50", "map50_95", "ap_small")] if r[f"delta_{k[1]}_p"] not in ("", "nan")}  # fmt: skip
+    keys = list(family)
+    bh = dict(zip(keys, statistics.adjust_p([family[k] for k in keys], "bh"), strict=True))
+    assert float(row["delta_map50_95_p_adj"]) == pytest.approx(bh[(row["config_key"], "map50_95")])
+    tex = (tmp_path / "tables" / "ablation.tex").read_text()
+    assert "paired bootstrap (10,000 resamples" in tex and "Benjamini-Hochberg" in tex
+    # uncorrected: the marks follow the raw p values
+    report_main(["--results", str(tmp_path), "--no-figures", "-q", "--correction", "none"])
+    with (tmp_path / "summary.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        if r["delta_map50_95_p"] not in ("", "nan"):
+            assert (r["delta_map50_95_sig"] == "True") == (float(r["delta_map50_95_p"]) < 0.05)
+            assert r["delta_map50_95_p_adj"] == r["delta_map50_95_p"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ci", "jackknife"], "--ci 'jackknife' is not valid; valid: t, bootstrap"),
+        (["--correction", "bonf"], "--correction 'bonf' is not valid; valid: holm, bh, none"),
+        (["--alpha", "1.5"], "--alpha 1.5 is not valid; it must lie between 0 and 1"),
+    ],
+)
+def test_bad_statistics_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    write_fixture(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ablate.report", "--results", str(tmp_path), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {message}"
+    assert not (tmp_path / "runs.csv").exists() and not (tmp_path / "tables").exists()
+
+
+def _null_family_runs(
+    rng: np.random.Generator, effect: float, nulls: int = 20, seeds: int = 5
+) -> pd.DataFrame:
+    """One baseline and 1 + ``nulls`` variants on ``seeds`` seeds; variant 0 is better by ``effect``.
+
+    Each seed shifts every configuration alike (the shared data order), plus independent run noise.
+    """
+    rows = []
+    shift = rng.normal(0.0, 0.004, seeds)
+    for c in range(nulls + 2):
+        name = "base" if c == 0 else f"v{c - 1}"
+        true = 0.70 + (effect if name == "v0" else 0.0)
+        for s in range(seeds):
+            value = true + shift[s] + rng.normal(0.0, 0.003)
+            rows.append(
+                {
+                    "config_key": name,
+                    "baseline_key": "base",
+                    "seed": s,
+                    "status": "ok",
+                    "attn": "x" if c else "none",
+                    "map50_95": value,
+                }  # fmt: skip
+            )
+    return pd.DataFrame(rows)
+
+
+def test_holm_controls_the_family_wise_error_and_keeps_the_real_effect() -> None:
+    """1 real effect among 20 null comparisons (5 seeds each), 200 random tables: Holm marks the real one
+    and marks a null comparison in at most 5 % of the tables; uncorrected, most tables have a false mark."""
+    rng = np.random.default_rng(2026)
+    false_holm = false_raw = found = 0
+    nulls = [f"v{i}" for i in range(1, 21)]
+    for _ in range(200):
+        runs = _null_family_runs(rng, effect=0.025)
+        s = statistics.summarize(runs, options=statistics.StatOptions(correction="holm")).set_index(
+            "config_key"
+        )
+        false_holm += bool(s.loc[nulls, "delta_map50_95_sig"].to_numpy(bool).any())
+        false_raw += bool((s.loc[nulls, "delta_map50_95_p"] < 0.05).any())  # what an uncorrected † would mark
+        found += bool(s.loc["v0", "delta_map50_95_sig"])
+    print(
+        f"family-wise error over 200 tables: Holm {false_holm / 200:.1%}, uncorrected {false_raw / 200:.1%}"
+    )
+    assert false_holm / 200 <= 0.05
+    assert statistics.family_size(s) == 21  # one metric per comparison in this fixture
+    assert found / 200 >= 0.95  # the real effect (≈ 5 run std) survives the correction
+    assert false_raw / 200 >= 0.3  # the uncorrected table does mark nulls: the test can fail
+
+
+# ------------------------------------------------------------------------------------- position scans
+
+
+def test_position_scan_figure_and_index_order(tmp_path: Path) -> None:
+    values = {None: [0.30, 0.32, 0.31], 2: [0.31, 0.33, 0.31], 4: [0.33, 0.35, 0.34], 14: [0.30, 0.31, 0.31]}
+    strides = {2: 4, 4: 8, 14: 8}
+    for layer, per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            attn, pos = ("none", "none") if layer is None else ("rala", f"custom{layer}")
+            rec = _record(HASH_Q, "shapes", attn, pos, seed, map50=v, map50_95=v, ap_small=v)
+            if layer is not None:
+                rec.pos, rec.layers, rec.strides = "custom", [layer], [strides[layer]]
+            write_record(run_dir(tmp_path, rec.key), rec)
+    report = reporting.make_tables(tmp_path)
+    rala = report.summary[report.summary["attn"] == "rala"]
+    assert list(rala["pos_label"]) == ["custom [2]", "custom [4]", "custom [14]"]  # by index, not as text
+    assert {f"position_scan.{ext}" for ext in ("png", "pdf")} <= {p.name for p in report.figures}
+    from ablate.report.figures import scan_rows
+
+    scan = scan_rows(report.summary)
+    assert scan["layer"].tolist() == [2, 4, 14] and scan["stride"].tolist() == [4, 8, 8]
+    heat = (tmp_path / "figures" / "position_scan.png").stat().st_size
+    assert heat > 5000
