@@ -322,7 +322,7 @@ def plot_position_scan(summary: pd.DataFrame, path: Path) -> list[Path]:
     nrows, ncols = _grid(len(panels), max_cols=2)
     layers_all = sorted(s["layer"].astype(int).unique())
     w = max(4.0, 0.28 * len(layers_all) + 1.2)
-    fig, axes = _figure(nrows, ncols, w, 2.6, left=0.75, right=0.2, bottom=0.85, top=0.75, hgap=1.3)
+    fig, axes = _figure(nrows, ncols, w, 2.6, left=0.75, right=0.2, bottom=0.85, top=0.95, hgap=1.3)
     for ax in axes.ravel()[len(panels) :]:
         ax.set_visible(False)
     series_all = list(dict.fromkeys(s["series"]))
@@ -357,10 +357,10 @@ def plot_position_scan(summary: pd.DataFrame, path: Path) -> list[Path]:
         ax.legend(fontsize=6, frameon=False)
     height = fig.get_size_inches()[1]
     fig.suptitle(
-        "Where should the attention go? Δ mAP50-95 vs the baseline, paired by seed, with its CI; "
-        "filled: significant after correction",
+        "Δ mAP50-95 vs the baseline by layer index\n"
+        "(paired by seed, with its CI; filled: significant after correction)",
         fontsize=8,
-        y=1 - 0.1 / height,
+        y=1 - 0.08 / height,
     )
     return _save(fig, path)
 
