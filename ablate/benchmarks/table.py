@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..measure.phase import MEASURES
+from ..measure.store import MEASURES
 from ..records import RECORD, RUNS, RunRecord, run_key
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..records import RUNS, read_json, run_key, write_json_atomic, write_text_atomic
+from ..records import RUNS, run_key, write_json_atomic
 from .latency import (
     BACKENDS,
     BackendUnavailableError,
@@ -50,28 +50,19 @@ from .latency import (
     timing,
     torch_call,
 )
+from .store import (  # noqa: F401 (re-exported: the phase writes what the store reads)
+    EXPORT_DIR,
+    FIELDS,
+    LATENCY_CSV,
+    MEASURES,
+    MODEL_YAML,
+    SETTINGS_JSON,
+    latest_by_architecture,
+    read_measures,
+    write_latency_csv,
+)
 
 log = logging.getLogger(__name__)
-
-MEASURES = "measures"
-EXPORT_DIR = "export"
-LATENCY_CSV = "latency.csv"
-SETTINGS_JSON = "settings.json"
-MODEL_YAML = "model.yaml"
-# what a measurement adds to a run's row in the table (runs.csv columns)
-FIELDS = (
-    "latency_ms",
-    "latency_p10_ms",
-    "latency_p90_ms",
-    "latency_ratio",
-    "latency_ratio_p10",
-    "latency_ratio_p90",
-    "latency_backend",
-    "latency_device",
-    "latency_dtype",
-    "latency_batch",
-    "latency_threads",
-)
 
 
 def architecture_key(model_yaml: Mapping[str, Any], imgsz: Sequence[int]) -> str:
@@ -428,47 +419,6 @@ def selected_records(results: Path, where: list[str]) -> list[dict[str, Any]]:
         return records
     keys = set(filter_runs(runs_frame(records), parse_where(where))["key"])
     return [r for r in records if r.get("key") in keys]
-
-
-def read_measures(results_dir: Path) -> list[dict[str, Any]]:
-    """Every stored measurement under ``<results>/measures`` (any backend and settings)."""
-    root = Path(results_dir) / MEASURES
-    out = []
-    for path in sorted(root.glob("*/*.json")):
-        if path.name == SETTINGS_JSON:
-            continue
-        data = read_json(path)
-        if isinstance(data, dict) and data.get("arch_key"):
-            out.append(data)
-    return out
-
-
-def latest_by_architecture(
-    measures: Iterable[Mapping[str, Any]], backend: str
-) -> dict[str, Mapping[str, Any]]:
-    """arch key -> its newest measurement on ``backend``."""
-    out: dict[str, Mapping[str, Any]] = {}
-    for m in sorted(measures, key=lambda m: str(m.get("phase", ""))):
-        if m.get("latency_backend") == backend:
-            out[str(m["arch_key"])] = m
-    return out
-
-
-def write_latency_csv(results_dir: Path) -> Path | None:
-    """``<results>/measures/latency.csv``: one row per stored measurement (None when there is none)."""
-    import pandas as pd
-
-    rows = read_measures(results_dir)
-    if not rows:
-        return None
-    df = pd.DataFrame(rows)
-    df["layers"] = df["layers"].map(lambda v: "[" + ", ".join(map(str, v)) + "]")
-    df["imgsz"] = df["imgsz"].map(lambda v: "x".join(map(str, v)))
-    path = Path(results_dir) / MEASURES / LATENCY_CSV
-    write_text_atomic(
-        path, df.sort_values(["latency_backend", "settings_key", "model", "latency_ms"]).to_csv(index=False)
-    )
-    return path
 
 
 def format_phase(result: PhaseResult) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from ..errors import AblateError
@@ -63,9 +64,18 @@ def _read_all(paths: Sequence[str]) -> list[bytes | None]:
     return out
 
 
+def _loads(data: bytes) -> Any:
+    """JSON text -> object: orjson (about 3x faster on 10,000 records), Python's json where orjson refuses
+    the text (records may hold NaN, which json writes and orjson does not read)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 def _parse(path: str, data: bytes) -> dict[str, Any] | None:
     try:
-        d = json.loads(data)
+        d = _loads(data)
     except ValueError as e:
         log.warning("skipping %s: unreadable record (%s)", path, " ".join(str(e).split())[:120])
         return None
@@ -266,8 +276,8 @@ def write_runs(results_dir: Path, runs: pd.DataFrame) -> Path:
 
 def with_latency(runs: pd.DataFrame, results_dir: Path, backend: str = "torch") -> pd.DataFrame:
     """``runs`` with the measurement phase's latency of each run's architecture on ``backend`` (the newest
-    measurement; columns :data:`ablate.measure.phase.FIELDS`, empty where none is stored)."""
-    from ..measure.phase import FIELDS, latest_by_architecture, read_measures
+    measurement; columns :data:`ablate.measure.store.FIELDS`, empty where none is stored)."""
+    from ..measure.store import FIELDS, latest_by_architecture, read_measures
 
     runs = runs.drop(columns=[c for c in (*FIELDS, "throughput_ips", "peak_memory_infer_mb") if c in runs])
     chosen = latest_by_architecture(read_measures(results_dir), backend)
