@@ -314,19 +314,12 @@ def measure_after_sweep(config: DictConfig, ran: bool = True) -> list[str]:
 def submitit_job(launcher: DictConfig, sweep_dir: Path, func: Any, *args: Any) -> Any:
     """Run ``func(*args)`` as one job of the sweep's submitit launcher (its executor and resources, as
     hydra-submitit-launcher maps them) and return its result."""
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from .launcher import executor_for
 
     params = OmegaConf.to_container(launcher, resolve=True)
     assert isinstance(params, dict)
-    cluster = "slurm" if "slurm" in str(params.pop("_target_", "")).lower() else "local"
-    params.pop("submitit_folder", None)
-    init = (
-        {f"{cluster}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
-    )
-    executor = submitit.AutoExecutor(folder=str(sweep_dir / ".submitit" / "measure"), cluster=cluster, **init)
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in base else f"{cluster}_{k}": v for k, v in params.items()})
+    cluster = "slurm" if "slurm" in str(params.get("_target_", "")).lower() else "local"
+    executor = executor_for(params, cluster, folder=str(sweep_dir / ".submitit" / "measure"))
     executor.update_parameters(name="ablate-measure")
     job = executor.submit(func, *args)
     log.info("measurement phase: submitit %s job %s", cluster, job.job_id)

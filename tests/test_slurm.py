@@ -163,7 +163,16 @@ def test_cancelled_sweep_fails_cleanly_and_resumes(cluster, tmp_path: Path) -> N
     """scancel mid-training: the submitter waits for every task, reports them failed with the SLURM state,
     prints the summary and exits 1 (no traceback); the re-run resumes and ends with one ok record each."""
     results, data = tmp_path / "results", tmp_path / "data"
-    args = [*SLURM, *TINY, "train.epochs=8", "measure.coco_eval=false", "measure.latency.after_sweep=false"]
+    # long enough that the cancel (SIGTERM, then SIGKILL after KillWait = 5 s) lands mid-training on a
+    # quiet machine too (~0.9 s per epoch here; at 8 epochs a run could finish first and not be resumable)
+    epochs = 20
+    args = [
+        *SLURM,
+        *TINY,
+        f"train.epochs={epochs}",
+        "measure.coco_eval=false",
+        "measure.latency.after_sweep=false",
+    ]
     args += ["dataset=shapes", "seed=0,1", "baseline=false"]
     cmd = [sys.executable, "-m", "ablate", *args, f"results.dir={results}", f"data.dir={data}", "-m"]
     proc = subprocess.Popen(
@@ -171,7 +180,7 @@ def test_cancelled_sweep_fails_cleanly_and_resumes(cluster, tmp_path: Path) -> N
     )
     try:
         deadline = time.time() + 300
-        # cancel once an epoch's last.pt is complete (resumable), well before the 8 epochs are done
+        # cancel once an epoch's last.pt is complete (resumable), well before the last epoch
         while time.time() < deadline and not any(
             resumable_epoch(p) is not None for p in results.glob("runs/*/ultralytics/weights/last.pt")
         ):
@@ -201,7 +210,7 @@ def test_cancelled_sweep_fails_cleanly_and_resumes(cluster, tmp_path: Path) -> N
     assert any(r.resumed_from_epoch is not None for r in recs.values())
     for key in recs:
         rows = (results / "runs" / key / "ultralytics" / "results.csv").read_text().splitlines()
-        assert len(rows) == 1 + 8  # every epoch exactly once
+        assert len(rows) == 1 + epochs  # every epoch exactly once
     assert json.loads((sweep_dirs(results)[-1] / "sweep.json").read_text())["total"] == 2
 
 
