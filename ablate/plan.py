@@ -17,6 +17,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from .experiment import Experiment
 
 log = logging.getLogger(__name__)
+
+# overrides a base job sets itself (the job's own are dropped)
+_BASE_JOB_KEYS = re.compile(r"^[+~]*(action|train\.base\.seed|train\.base\.candidates)$")
 
 Loader = Callable[[list[str]], DictConfig]  # a job's overrides -> its composed config
 
@@ -220,7 +224,7 @@ def missing_bases(
 ) -> list[list[str]]:
     """``action=base`` jobs for the warm-start base candidates the jobs need and the results root lacks
     (one job per candidate, so that a launcher trains them side by side)."""
-    from .sweep import _BASE_JOB_KEYS, baseline_overrides
+    from .sweep import baseline_overrides
 
     experiments = experiments or _Experiments(load)
     added: dict[str, list[str]] = {}

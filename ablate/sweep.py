@@ -38,7 +38,6 @@ OUTCOME_JSON = "outcome.json"
 _PLACEMENT_KEY = re.compile(r"^[+~]*(attn|pos)(\.|$)")
 # overrides that never apply to an auto-added baseline
 _NOT_FOR_BASELINE = re.compile(r"^[+~]*(force|baseline)$")
-_BASE_JOB_KEYS = re.compile(r"^[+~]*(action|train\.base\.seed|train\.base\.candidates)$")  # set per base job
 
 
 @dataclass
@@ -163,18 +162,6 @@ class AblateSweeper(BasicSweeper):
             summary = summary_line(record, run_dir(Path(str(self.config.results.dir)), record.key))
             outcome = JobOutcome("cached", list(job.overrides), key=job.key, seconds=0.0, summary=summary)
             write_outcome(job_dir(self._load(job.overrides), number), outcome)
-
-    def missing_bases(self, jobs: list[list[str]]) -> list[list[str]]:
-        """``action=base`` jobs the warm starts of ``jobs`` need (:func:`ablate.plan.missing_bases`)."""
-        from .plan import missing_bases
-
-        return missing_bases(jobs, self._load)
-
-    def missing_baselines(self, jobs: list[list[str]]) -> list[list[str]]:
-        """Baseline jobs ``jobs`` need and the results root lacks (:func:`ablate.plan.missing_baselines`)."""
-        from .plan import missing_baselines
-
-        return missing_baselines(jobs, self._load)
 
 
 # Hydra instantiates sweepers only from the ``hydra_plugins`` namespace (found by scanning installed

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ablate.experiment import experiment_from_config
-from ablate.measure import phase
+from ablate.measure import phase, store
 from ablate.records import RunRecord
 from ablate.run import execute
 
@@ -122,7 +122,7 @@ def test_table_reads_the_phase(profiled: tuple[Path, dict[str, RunRecord]]) -> N
     results, recs = profiled
     phase.run_phase(results, [phase.Settings(**FAST)])
     runs = load.with_latency(load.runs_frame(load.load_records(results).records), results)
-    stored = {m["arch_key"]: m for m in phase.read_measures(results) if m["latency_backend"] == "torch"}
+    stored = {m["arch_key"]: m for m in store.read_measures(results) if m["latency_backend"] == "torch"}
     for row in runs.to_dict("records"):
         assert row["latency_ms"] == stored[row["arch_key"]]["latency_ms"]
     assert (results / "measures" / "latency.csv").is_file()

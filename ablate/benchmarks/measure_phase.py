@@ -30,8 +30,8 @@ from ..measure.phase import (
     format_phase,
     measure,
     selected_records,
-    write_latency_csv,
 )
+from ..measure.store import write_latency_csv
 
 
 def agreement(first: PhaseResult, second: PhaseResult) -> list[tuple[str, float, float, float]]:

@@ -17,7 +17,7 @@ measures it once per architecture and backend, alone, after the training jobs:
 Results live under ``<results>/measures/<backend>-<settings key>/<arch key>.json`` (settings: backend,
 device, dtype, batch, threads, rounds, passes, warm-up, library versions), reused until those change;
 exported files under ``<results>/measures/export/``; every stored measurement in
-``<results>/measures/latency.csv``. The table reads them (:func:`read_measures`).
+``<results>/measures/latency.csv``. The table reads them (:func:`ablate.measure.store.read_measures`).
 """
 
 from __future__ import annotations
@@ -50,17 +50,7 @@ from .latency import (
     timing,
     torch_call,
 )
-from .store import (  # noqa: F401 (re-exported: the phase writes what the store reads)
-    EXPORT_DIR,
-    FIELDS,
-    LATENCY_CSV,
-    MEASURES,
-    MODEL_YAML,
-    SETTINGS_JSON,
-    latest_by_architecture,
-    read_measures,
-    write_latency_csv,
-)
+from .store import EXPORT_DIR, MEASURES, MODEL_YAML, SETTINGS_JSON, write_latency_csv
 
 log = logging.getLogger(__name__)
 
