@@ -25,9 +25,9 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from .cli import CONF_DIR
 from .errors import AblateError
 from .experiment import experiment_from_config
+from .paths import CONF_DIR
 from .records import RunRecord, read_record, run_dir, write_text_atomic
 from .report.statistics import ALPHA, POWER, detectable_delta
 

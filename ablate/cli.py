@@ -24,12 +24,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import launcher as _launcher  # noqa: F401 (registers ablate's SLURM launcher with Hydra)
 from . import plan, sweep
 from .errors import AblateError
+from .paths import CONF_DIR
 from .records import RunRecord
 
 if TYPE_CHECKING:
     from .experiment import Experiment
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "attn", "pos", "dataset", "train", "logger")
 _GROUP_OVERRIDE = re.compile(r"^[+~]{0,2}(?P<group>" + "|".join(GROUPS) + r")=(?P<value>[^()\[\]]*)$")
 

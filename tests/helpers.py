@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from ablate.cli import CONF_DIR
+from ablate.paths import CONF_DIR
 
 # a seconds-long run: 16 + 8 images, one epoch; from scratch (tests of the warm start add their own init)
 SMALL = [

@@ -10,7 +10,6 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
 import modules
-from ablate.cli import CONF_DIR
 from ablate.compose import (
     Placement,
     base_model_yaml,
@@ -23,6 +22,7 @@ from ablate.compose import (
     rows,
 )
 from ablate.errors import AblateError
+from ablate.paths import CONF_DIR
 
 NC = 5
 

@@ -394,7 +394,7 @@ def config_defaults() -> dict[str, Any]:
     """``measure.latency`` of the project's ``conf/config.yaml``."""
     from omegaconf import OmegaConf
 
-    from ..cli import CONF_DIR
+    from ..paths import CONF_DIR
 
     cfg = OmegaConf.load(CONF_DIR / "config.yaml")
     return OmegaConf.to_container(cfg.measure.latency, resolve=True)  # type: ignore[return-value]
