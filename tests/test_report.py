@@ -26,6 +26,8 @@ from ablate.records import RunRecord, run_dir, write_record
 from ablate.report import load, render, statistics
 from ablate.report.__main__ import main as report_main
 
+from .helpers import skip_or_fail_in_ci
+
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]
 QUICK = {"name": "quick", "epochs": 40, "imgsz": 96, "batch": 8, "lr0": 0.001, "extra": {}}
@@ -371,7 +373,9 @@ def test_latex_contents_bold_and_markers(made: tuple[Path, reporting.Report]) ->
 
 def test_latex_compiles(made: tuple[Path, reporting.Report], tmp_path: Path) -> None:
     if shutil.which("pdflatex") is None:
-        pytest.skip("pdflatex is not on PATH (apt-get install texlive-latex-base texlive-latex-recommended)")
+        skip_or_fail_in_ci(
+            "pdflatex is not on PATH (apt-get install texlive-latex-base texlive-latex-recommended)"
+        )
     results, _ = made
     doc = tmp_path / "doc.tex"
     body = (results / "tables" / "ablation.tex").read_text()

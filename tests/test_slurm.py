@@ -28,7 +28,7 @@ from ablate.sweep import JobOutcome, read_outcomes, write_outcome
 from ablate.train import resumable_epoch
 
 from . import slurm_cluster
-from .helpers import TINY
+from .helpers import TINY, skip_or_fail_in_ci
 from .test_sweep import PROFILE, records, sweep_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ QUICK = [*PROFILE, "measure.latency.warmup=1", "measure.latency.after_sweep=fals
 def cluster() -> Iterator[slurm_cluster.Cluster]:
     reason = slurm_cluster.missing_requirements()
     if reason:
-        pytest.skip(f"no SLURM test cluster: {reason}")
+        skip_or_fail_in_ci(f"no SLURM test cluster: {reason}")
     # not under pytest's tmp_path: munged and mariadbd (other users) must reach their directories
     root = Path(tempfile.mkdtemp(prefix="ablate-slurm-"))
     try:
