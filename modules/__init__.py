@@ -9,13 +9,23 @@ checkpoints load under ``ULTRALYTICS_SAFE_LOAD=1`` (:func:`register_safe_globals
 
 from __future__ import annotations
 
-from . import area, fla, halo, mhsa, rala, tssa  # noqa: F401  (imports register the modules)
+from . import area, fla, halo, identity, mhsa, rala, tssa  # noqa: F401  (imports register the modules)
 from .area import AreaAttention
 from .fla import FocusedLinearAttention
 from .halo import HaloAttention
+from .identity import ZeroAttention
 from .mhsa import MHSA
 from .rala import RALA
-from .registry import UnknownModuleError, available, build, get, registered_classes, variant
+from .registry import (
+    UnknownModuleError,
+    attentions,
+    available,
+    build,
+    controls,
+    get,
+    registered_classes,
+    variant,
+)
 from .residual import AttentionResidual
 from .ultralytics_names import register_safe_globals, register_with_ultralytics
 
@@ -28,13 +38,16 @@ __all__ = [
     "FocusedLinearAttention",
     "HaloAttention",
     "UnknownModuleError",
+    "attentions",
     "available",
     "build",
+    "controls",
     "get",
     "register_safe_globals",
     "register_with_ultralytics",
     "registered_classes",
     "variant",
+    "ZeroAttention",
 ]
 
 from .tssa import TSSA  # noqa: E402

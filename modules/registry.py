@@ -11,7 +11,17 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["UnknownModuleError", "available", "build", "get", "register", "registered_classes", "variant"]
+__all__ = [
+    "UnknownModuleError",
+    "attentions",
+    "available",
+    "build",
+    "controls",
+    "get",
+    "register",
+    "registered_classes",
+    "variant",
+]
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +35,12 @@ class UnknownModuleError(KeyError):
         return str(self.args[0])
 
 
-def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator that makes ``cls`` buildable as ``build(name, channels, ...)``."""
+def register(name: str, control: bool = False) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator that makes ``cls`` buildable as ``build(name, channels, ...)``.
+
+    ``control=True`` marks a control of the experiment (e.g. ``identity``, which computes nothing) rather
+    than an attention: it is placed like any module but is not held to the attention contract.
+    """
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         key = name.lower()
@@ -34,6 +48,7 @@ def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
             raise ValueError(f"attention name {key!r} is already registered by {_REGISTRY[key].__qualname__}")
         _REGISTRY[key] = cls
         cls.registry_name = key
+        cls.is_control = control
         return cls
 
     return decorator
@@ -42,6 +57,16 @@ def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 def available() -> list[str]:
     """Sorted names of every registered attention module."""
     return sorted(_REGISTRY)
+
+
+def controls() -> list[str]:
+    """Sorted names of the registered controls (modules that test the harness, not attention)."""
+    return sorted(k for k, cls in _REGISTRY.items() if getattr(cls, "is_control", False))
+
+
+def attentions() -> list[str]:
+    """Sorted names of the registered attention modules (every name but the controls)."""
+    return sorted(k for k, cls in _REGISTRY.items() if not getattr(cls, "is_control", False))
 
 
 def get(name: str) -> type[nn.Module]:

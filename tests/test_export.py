@@ -90,7 +90,7 @@ def without_attention(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("size", ALONE_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("attn", modules.available())
+@pytest.mark.parametrize("attn", modules.attentions())  # the identity control: test_identity.py
 def test_module_alone_matches_onnx_runtime(attn: str, size: tuple[int, int], tmp_path: Path) -> None:
     model = modules.build(attn, 64).eval()
     err = onnx_parity(model, torch.randn(2, 64, *size), tmp_path / f"{attn}.onnx")
@@ -99,7 +99,7 @@ def test_module_alone_matches_onnx_runtime(attn: str, size: tuple[int, int], tmp
 
 @pytest.mark.parametrize("imgsz", IMAGE_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("attn", modules.available())
+@pytest.mark.parametrize("attn", modules.attentions())  # the identity control: test_identity.py
 def test_composed_yolo12n_matches_onnx_runtime(
     attn: str, preset: str, imgsz: tuple[int, int], tmp_path: Path
 ) -> None:

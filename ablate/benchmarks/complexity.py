@@ -119,7 +119,7 @@ def builders(names: Sequence[str]) -> dict[str, Callable[[int], nn.Module]]:
 def default_modules() -> list[str]:
     """Every registered module, each peer right after the module it is compared with."""
     names: list[str] = []
-    for name in modules.available():
+    for name in modules.attentions():
         names.append(name)
         names += [p for p, ours in PEERS.items() if ours == name]
     return names

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     h, w = args.size
     x = torch.randn(args.batch, args.channels, h, w, device=args.device)
     calls = {}
-    for name in modules.available():
+    for name in modules.attentions():
         torch.manual_seed(0)
         m = modules.build(name, args.channels).to(args.device).eval()
         calls[name] = _forward(m, x)
