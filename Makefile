@@ -66,6 +66,9 @@ ARGS ?=
 calibrate: install  ## baseline over SEEDS seeds per dataset: spread and detectable Δ (ARGS="dataset=shapes ...")
 	$(BIN)/python -m ablate.calibrate --seeds $(SEEDS) --jobs $(JOBS) --results $(RESULTS) $(ARGS)
 
+fidelity: install  ## the quick protocol's Δs against train=reference on the study's datasets (ARGS="--datasets shapes_small --dry-run")
+	$(BIN)/python -m ablate.fidelity --results $(RESULTS) --jobs $(JOBS) $(ARGS)
+
 table-bench: install  ## time make table's work on 10,000 synthetic records
 	$(BIN)/python -m ablate.benchmarks.table
 
