@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -52,6 +53,9 @@ ULTRALYTICS_DATASETS = ("coco8", "coco128", "VOC", "VisDrone", "coco")
 BACKGROUNDS = ("flat", "noise", "gradient", "stripes", "clouds")
 SHAPE_NAMES = ("circle", "square", "triangle", "star", "cross")
 DIGIT_NAMES = tuple(str(d) for d in range(10))
+# real imagery converted from a pinned download, not rendered: the module ablate/<name>.py has NAMES and
+# make(root, **settings) -> data.yaml (neon_trees: tree crowns from the deepforest wheel)
+CONVERTED = ("neon_trees",)
 
 MIN_IMGSZ = 32
 MIN_CONTRAST = 90.0  # RGB distance between an object's colour and (most of) the background under it
@@ -552,7 +556,19 @@ def default_data_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
 
 
-def make_dataset(
+def _converter(name: str) -> Any:
+    return importlib.import_module(f"ablate.{name}")
+
+
+def make_dataset(name: str, root: Path | str | None = None, **kw: Any) -> Path:
+    """Generate (embedded) or convert (:data:`CONVERTED`) dataset ``name`` under ``root``, or reuse it
+    from the cache; returns its data.yaml. Bad values raise :class:`AblateError`."""
+    if name in CONVERTED:
+        return _converter(name).make(root, **kw)
+    return _render_dataset(name, root, **kw)
+
+
+def _render_dataset(
     name: str,
     root: Path | str | None = None,
     *,
@@ -562,7 +578,7 @@ def make_dataset(
     seed: int = 0,
     **kw: Any,
 ) -> Path:
-    """Generate (or reuse from cache) embedded dataset ``name`` under ``root``; returns its data.yaml.
+    """Render (or reuse from cache) embedded dataset ``name`` under ``root``; returns its data.yaml.
 
     ``kw`` overrides fields of :class:`Knobs` (``objects``, ``size``, ``clutter``, ``max_occlusion``,
     ``rotation``, ``backgrounds``, ``pixel_noise``). Bad values raise :class:`AblateError`.
@@ -595,7 +611,7 @@ def make_dataset(
 
 
 def _choices() -> str:
-    return ", ".join([*EMBEDDED, *ULTRALYTICS_DATASETS])
+    return ", ".join([*EMBEDDED, *CONVERTED, *ULTRALYTICS_DATASETS])
 
 
 def _ultralytics_name(spec: str) -> str | None:
@@ -677,15 +693,15 @@ def _validate_user_yaml(path: Path) -> Path:
 def resolve_data_yaml(spec: str | Path, *, root: Path | str | None = None, **gen_kw: Any) -> Path:
     """Turn a dataset spec into something ultralytics' ``data=`` accepts; bad specs raise AblateError.
 
-    * an embedded name (``shapes``, ``digits``): generated/cached via :func:`make_dataset` with ``root``
-      and ``gen_kw``; returns its data.yaml.
+    * an embedded name (``shapes``, ``digits``) or a converted one (``neon_trees``): generated or
+      converted, and cached, via :func:`make_dataset` with ``root`` and ``gen_kw``; returns its data.yaml.
     * an ultralytics dataset name (``coco8``, ``VOC``...; needs the network later): returned as
       ``Path("<name>.yaml")`` untouched, not validated here.
     * a path to a YOLO data YAML: checked (exists, mapping, ``names``, existing ``train``/``val``) and
       returned absolute.
     """
     s = str(spec)
-    if not isinstance(spec, Path) and s in EMBEDDED:
+    if not isinstance(spec, Path) and s in (*EMBEDDED, *CONVERTED):
         return make_dataset(s, root, **gen_kw)
     ultra = _ultralytics_name(s)
     if ultra is not None and not Path(s).is_file():
@@ -774,6 +790,8 @@ def class_names(spec: str | Path) -> list[str]:
     spec = str(spec)
     if spec in EMBEDDED:
         return list(EMBEDDED[spec].names)
+    if spec in CONVERTED:
+        return list(_converter(spec).NAMES)
     if _ultralytics_name(spec):
         from ultralytics.utils.checks import check_yaml
 

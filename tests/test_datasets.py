@@ -263,7 +263,7 @@ def test_resolve_rejects_bad_specs_with_one_line_errors(tmp_path: Path, case: st
     message = str(err.value)
     assert bad in message and "\n" not in message
     if case == "unknown name":
-        assert all(choice in message for choice in ("shapes", "digits", "coco8", "VOC"))
+        assert all(choice in message for choice in ("shapes", "digits", "neon_trees", "coco8", "VOC"))
 
 
 @pytest.mark.parametrize(
@@ -297,3 +297,36 @@ def test_the_small_object_variant_is_all_small_objects(tmp_path: Path) -> None:
     assert len(boxes) >= 3 * 32
     sides = np.array([max(w, h) * 96 for _, _, _, w, h in boxes])
     assert sides.max() < 32 and sides.min() >= 5
+
+
+def test_neon_trees_is_named_without_work_and_materialized_through_the_hook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conf/dataset/neon_trees.yaml: class names without fetching anything; materializing dispatches to
+    ablate/neon_trees.py with the YAML's settings, which (no wheel, pip failing) is one error line."""
+    import subprocess
+
+    from ablate import neon_trees
+    from ablate.experiment import experiment_from_config
+    from ablate.run import dataset_names, materialize_dataset
+
+    from .helpers import config
+
+    calls: list[Path] = []
+
+    def offline(directory: Path) -> subprocess.CompletedProcess[str]:
+        calls.append(directory)
+        return subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found")
+
+    monkeypatch.setattr(neon_trees, "_pip_download", offline)
+    exp = experiment_from_config(config(["dataset=neon_trees"], tmp_path / "results", tmp_path / "data"))
+    assert dataset_names(exp.dataset) == ["tree"] == datasets.class_names("neon_trees")
+    assert not calls and not (tmp_path / "data").exists()
+    with pytest.raises(AblateError) as err:
+        materialize_dataset(exp)
+    downloads = tmp_path / "data" / neon_trees.DOWNLOADS
+    assert str(err.value) == (
+        "dataset=neon_trees needs the deepforest 2.1.0 wheel: run `python -m pip download --no-deps "
+        f"--only-binary=:all: deepforest==2.1.0 -d {downloads}`"
+    )
+    assert len(calls) == 1 and not list(downloads.iterdir())
