@@ -8,3 +8,4 @@ from __future__ import annotations
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # conf/ beside ablate/ (the Hydra config root)
+MODEL_YAML = "model.yaml"  # a run's composed model (runs/<key>/model.yaml), read by the measurement phase

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -10,22 +12,52 @@ from ablate.compose import Placement, base_model_yaml, build_model, compose
 from ablate.measure import latency
 
 
+class Clock:
+    """A fake clock (seconds) that the fake passes advance by a known number of milliseconds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def passes(self, ms: float) -> Callable[[], None]:
+        def call() -> None:
+            self.now += ms / 1e3
+
+        return call
+
+
 def test_rounds_rotate_the_order_and_count_every_pass() -> None:
     order: list[str] = []
-    calls = {name: (lambda n=name: order.append(n)) for name in "abc"}
-    times = latency.time_interleaved(calls, rounds=3, passes=2, warmup=1)
+    clock = Clock()
+    ms = {"a": 1.0, "b": 2.0, "c": 4.0}
+
+    def member(name: str) -> Callable[[], None]:
+        step = clock.passes(ms[name])
+        return lambda: (order.append(name), step())
+
+    times = latency.time_interleaved({n: member(n) for n in "abc"}, rounds=3, passes=2, warmup=1, clock=clock)
     warm, timed = order[:3], order[3:]
     assert warm == ["a", "b", "c"]  # warm-up: one untimed pass each, interleaved
     # round r starts with member r: no member always follows the same other
     assert timed == ["a", "a", "b", "b", "c", "c", "b", "b", "c", "c", "a", "a", "c", "c", "a", "a", "b", "b"]
-    assert {n: [len(r) for r in t] for n, t in times.items()} == {n: [2, 2, 2] for n in "abc"}
-    assert all(v >= 0 for t in times.values() for v in latency.flat(t))
+    # every timed pass is the member's own pass time, nothing of the others'; warm-up passes are not timed
+    for name, rounds in times.items():
+        assert rounds == [[pytest.approx(ms[name])] * 2] * 3
 
 
 def test_min_time_adds_rounds_up_to_the_limit() -> None:
-    calls = {"a": lambda: None}
-    assert len(latency.time_interleaved(calls, rounds=2, min_time_s=0.0)["a"]) == 2
-    assert len(latency.time_interleaved(calls, rounds=2, min_time_s=60.0, max_rounds=7)["a"]) == 7
+    clock = Clock()
+    calls = {"a": clock.passes(500.0)}  # 0.5 s per pass
+    assert len(latency.time_interleaved(calls, rounds=2, min_time_s=0.0, clock=clock)["a"]) == 2
+    # 3 s of passes need 6 rounds of one pass; more rounds than asked, fewer than allowed
+    assert (
+        len(latency.time_interleaved(calls, rounds=2, min_time_s=3.0, max_rounds=10, clock=clock)["a"]) == 6
+    )
+    assert (
+        len(latency.time_interleaved(calls, rounds=2, min_time_s=60.0, max_rounds=7, clock=clock)["a"]) == 7
+    )
     with pytest.raises(ValueError, match="rounds"):
         latency.time_interleaved(calls, rounds=0)
 

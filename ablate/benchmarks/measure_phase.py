@@ -1,6 +1,7 @@
 """The measurement phase, twice back to back on one results root: does it agree with itself?
 
     python -m ablate.benchmarks.measure_phase --results DIR [--backend torch onnxruntime] [--rounds R] ...
+                                              [--force-load]
     make measure-bench [RESULTS=dir] [BACKEND="torch onnxruntime"]
 
 For every backend, runs the phase (:func:`ablate.measure.phase.measure`, every architecture of the results
@@ -12,8 +13,9 @@ root with its baseline, measurements forced) twice in a row in this process, and
 * each phase's overhead: the share of its wall time outside the timed passes (target: ≤ 10 %; it includes
   building, fusing, exporting and the warm-up passes).
 
-Run it with nothing else on the machine. The second phase's measurements stay stored (they are as valid as
-any other).
+Run it with nothing else on the machine: the load is checked once, before the first phase, as the phase
+does (``--force-load`` to time anyway; the reading is stored with the measurements and printed). The second
+phase's measurements stay stored (they are as valid as any other).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..measure.phase import (
     measure,
     selected_records,
 )
+from ..measure.quiet import MachineBusyError
 from ..measure.store import write_latency_csv
 
 
@@ -63,12 +66,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=d["rounds"])
     p.add_argument("--passes", type=int, default=d["passes"])
     p.add_argument("--warmup", type=int, default=d["warmup"])
+    p.add_argument("--force-load", action="store_true", help="time even on a busy machine (recorded)")
     args = p.parse_args(argv)
     results = Path(args.results)
     archs = architectures(selected_records(results, []), results)
     if not archs:
         print(f"error: no ok run with an architecture under {results}/runs", file=sys.stderr)
         sys.exit(2)
+    load = None  # read once, before the first phase: later readings would count this benchmark's own timing
     for backend in args.backend:
         s = Settings(
             backend=backend,
@@ -77,8 +82,18 @@ def main(argv: list[str] | None = None) -> None:
             passes=args.passes,
             warmup=args.warmup,
             min_time_s=d["min_time_s"],
+            force_load=args.force_load,
+            max_load=d["max_load"],
+            load_wait_s=d["load_wait_s"],
         )
-        phases = [measure(archs, s, results, force=True) for _ in range(2)]
+        phases = []
+        for _ in range(2):
+            try:
+                phases.append(measure(archs, s, results, force=True, load=load))
+            except MachineBusyError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+            load = load or phases[-1].load
         for i, phase in enumerate(phases, 1):
             print(f"--- phase {i} ---")
             print(format_phase(phase))

@@ -2,11 +2,13 @@
 
     python -m ablate.measure --results DIR [--where COLUMN=VALUE[,VALUE...]]... [--backend torch onnxruntime]
                              [--device cpu] [--half] [--batch 1] [--threads N] [--rounds R] [--passes P]
-                             [--warmup W] [--force]
+                             [--warmup W] [--force] [--force-load] [--max-load L] [--load-wait S]
     make measure [RESULTS=dir] [BACKEND="torch onnxruntime"]
 
 Defaults are ``measure.latency`` of ``conf/config.yaml`` (what every sweep runs after its last training
-job). Run it with nothing else on the machine. See :mod:`ablate.measure.phase`.
+job). Run it with nothing else on the machine: it checks (the load average per core, the results root's
+running jobs), waits up to ``--load-wait`` seconds for a busy machine, then refuses (exit 2) unless
+``--force-load``. See :mod:`ablate.measure.phase` and :mod:`ablate.measure.quiet`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from ..errors import AblateError
 from .phase import config_defaults, format_phase, run_phase, selected_records, settings_from_config
+from .quiet import MachineBusyError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,6 +38,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=d["warmup"], help="untimed passes per architecture")
     p.add_argument("--min-time", type=float, default=d["min_time_s"], help="timed seconds per architecture")
     p.add_argument("--force", action="store_true", help="measure again even where a measurement is stored")
+    p.add_argument(
+        "--force-load",
+        action="store_true",
+        default=bool(d["force_load"]),
+        help="time even on a busy machine (recorded; the table's footnote says so)",
+    )
+    p.add_argument(
+        "--max-load", type=float, default=d["max_load"], help="1-minute load average per core that is busy"
+    )
+    p.add_argument(
+        "--load-wait", type=float, default=d["load_wait_s"], help="seconds to wait for a busy machine"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -44,8 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s"
     )
-    keys = ("device", "half", "batch", "threads", "rounds", "passes", "warmup")
-    common = {**{k: getattr(args, k) for k in keys}, "min_time_s": args.min_time}
+    keys = ("device", "half", "batch", "threads", "rounds", "passes", "warmup", "force_load", "max_load")
+    common = {k: getattr(args, k) for k in keys}
+    common.update(min_time_s=args.min_time, load_wait_s=args.load_wait)
     try:
         settings = settings_from_config({**common, "backends": args.backend})
         results = Path(args.results)
@@ -57,7 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     except (AblateError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    for result in run_phase(results, settings, records, force=args.force):
+    try:
+        phases = run_phase(results, settings, records, force=args.force)
+    except MachineBusyError as e:  # refused before timing: nothing written
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for result in phases:
         print(format_phase(result))
 
 

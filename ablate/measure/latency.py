@@ -73,6 +73,7 @@ def time_interleaved(
     warmup: int = 0,
     min_time_s: float = 0.0,
     max_rounds: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[list[float]]]:
     """Milliseconds of every pass of every member, per round: ``{name: [[round 0 passes], ...]}``.
 
@@ -83,6 +84,7 @@ def time_interleaved(
         warmup: untimed passes per member before the first round (interleaved too).
         min_time_s: run more rounds until every member's timed passes sum to this many seconds ...
         max_rounds: ... but no more rounds than this (default: ``rounds``).
+        clock: seconds, monotonic (a test's fake clock gives known pass times).
 
     Example:
         >>> t = time_interleaved({"a": lambda: None, "b": lambda: None}, rounds=3, passes=2)
@@ -104,9 +106,9 @@ def time_interleaved(
         for name in order:
             call, ms = calls[name], []
             for _ in range(passes):
-                start = time.perf_counter()
+                start = clock()
                 call()
-                ms.append((time.perf_counter() - start) * 1e3)
+                ms.append((clock() - start) * 1e3)
             times[name].append(ms)
         if r + 1 >= rounds and all(sum(map(sum, t)) >= min_time_s * 1e3 for t in times.values()):
             break

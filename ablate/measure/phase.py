@@ -8,16 +8,22 @@ measures it once per architecture and backend, alone, after the training jobs:
 1. the architectures of the ok runs (each record names its ``arch_key``; ``<run>/model.yaml`` holds the
    YAML), and for each its baseline architecture (same model and nc, no attention);
 2. those without a stored measurement under the same settings (or all, with ``force``) are measured
-   **together with their baselines**: built (seed 0), fused, exported where the backend needs it, warmed
-   up, then timed in interleaved rounds (:func:`ablate.measure.latency.time_interleaved`);
-3. per architecture the median, p10 and p90 over all its passes, and its **ratio to the baseline measured
+   **together with their baselines**, and with every variant of those baselines already stored under the
+   same settings (a re-timed baseline takes its stored variants along: a baseline and its variants always
+   come from one phase, so a table's ms, ratios and bold agree; see :func:`ablate.measure.store.for_table`);
+3. the machine's load is read (:mod:`ablate.measure.quiet`): a busy machine is waited for, then refused
+   unless ``force_load``; the reading is stored with every measurement;
+4. built (seed 0), fused, exported where the backend needs it, warmed up, then timed in interleaved rounds
+   (:func:`ablate.measure.latency.time_interleaved`);
+5. per architecture the median, p10 and p90 over all its passes, and its **ratio to the baseline measured
    in the same rounds**: per round the ratio of the two medians, stored as the median and p10/p90 over
    the rounds.
 
 Results live under ``<results>/measures/<backend>-<settings key>/<arch key>.json`` (settings: backend,
 device, dtype, batch, threads, rounds, passes, warm-up, library versions), reused until those change;
-exported files under ``<results>/measures/export/``; every stored measurement in
-``<results>/measures/latency.csv``. The table reads them (:func:`ablate.measure.store.read_measures`).
+the architectures' YAML under ``<results>/measures/models/``, exported files under
+``<results>/measures/export/``; every stored measurement in ``<results>/measures/latency.csv``. The table
+reads them (:func:`ablate.measure.store.read_measures`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import logging
 import os
 import statistics
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,7 +43,8 @@ from typing import Any
 import torch
 import yaml
 
-from ..records import RUNS, run_key, write_json_atomic
+from ..paths import MODEL_YAML
+from ..records import RUNS, read_json, run_key, write_json_atomic, write_text_atomic
 from .latency import (
     BACKENDS,
     BackendUnavailableError,
@@ -50,7 +58,8 @@ from .latency import (
     timing,
     torch_call,
 )
-from .store import EXPORT_DIR, MEASURES, MODEL_YAML, SETTINGS_JSON, write_latency_csv
+from .quiet import Load, wait_until_quiet
+from .store import EXPORT_DIR, MEASURES, MODELS_DIR, SETTINGS_JSON, phase_of, write_latency_csv
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +105,14 @@ class Architecture:
         )
 
 
+UNKEYED = {"keyed": False}  # how the phase checks the machine, not how it times: not part of the key
+
+
 @dataclass(frozen=True)
 class Settings:
-    """How latency is measured: backend, device, dtype, batch, threads and the timing schedule."""
+    """How latency is measured: backend, device, dtype, batch, threads and the timing schedule; and how
+    quiet the machine must be (``max_load`` per core, waited for up to ``load_wait_s``; ``force_load``:
+    time anyway, recorded), which is not part of the settings key."""
 
     backend: str = "torch"
     device: str = "cpu"
@@ -109,6 +123,9 @@ class Settings:
     passes: int = 10
     warmup: int = 10
     min_time_s: float = 4.0  # more rounds (up to 10x) until each architecture's timed passes sum to this
+    force_load: bool = field(default=False, metadata=UNKEYED)
+    max_load: float = field(default=0.25, metadata=UNKEYED)
+    load_wait_s: float = field(default=300.0, metadata=UNKEYED)
 
     @classmethod
     def from_config(cls, latency: Mapping[str, Any], backend: str) -> Settings:
@@ -131,6 +148,10 @@ class Settings:
             raise ValueError(f"measure.latency.half=true needs a CUDA device; device={self.device!r}")
         if self.backend == "onnxruntime" and self.device != "cpu":
             raise ValueError(f"backend onnxruntime runs on cpu here; device={self.device!r}; valid: cpu")
+        if not self.max_load > 0 or self.load_wait_s < 0:
+            raise ValueError(
+                f"measure.latency max_load={self.max_load}, load_wait_s={self.load_wait_s} must be > 0 / >= 0"
+            )
 
     @property
     def resolved_threads(self) -> int:
@@ -145,8 +166,9 @@ class Settings:
 
     def describe(self) -> dict[str, Any]:
         """What the key is made of: the settings with the device's name and the backend's version."""
+        keyed = (f.name for f in dataclasses.fields(self) if f.metadata.get("keyed", True))
         return {
-            **dataclasses.asdict(self),
+            **{name: getattr(self, name) for name in keyed},
             "threads": self.resolved_threads,
             "device_name": device_name(self.device if self.backend == "torch" else "cpu")
             if self.backend != "tensorrt"
@@ -191,7 +213,9 @@ class PhaseResult:
 
     settings: Settings
     measured: list[dict[str, Any]] = field(default_factory=list)  # this phase's measurements
-    reused: int = 0
+    reused: int = 0  # architectures whose stored measurement was kept
+    retimed: int = 0  # stored variants timed again because their baseline was
+    load: Load | None = None  # the machine's load the phase timed under
     skipped: str | None = None  # why the backend did not run
     wall_s: float = 0.0
     timed_s: float = 0.0  # sum of the timed passes
@@ -247,6 +271,82 @@ def with_baselines(archs: Sequence[Architecture]) -> list[Architecture]:
     return [*bases.values(), *rest]
 
 
+def stored_measures(store: Path) -> dict[str, dict[str, Any]]:
+    """arch key -> its measurement stored in one settings directory."""
+    out = {}
+    for path in sorted(store.glob("*.json")):
+        data = read_json(path) if path.name != SETTINGS_JSON else None
+        if isinstance(data, dict) and data.get("arch_key"):
+            out[str(data["arch_key"])] = data
+    return out
+
+
+def apart(m: Mapping[str, Any], stored: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether a stored variant was timed in another phase than its baseline stored beside it (a store
+    written before baselines took their variants along): it is timed again, with its baseline."""
+    base = stored.get(str(m.get("baseline_arch_key")))
+    return base is not None and base is not m and phase_of(base) != phase_of(m)
+
+
+def stored_architecture(m: Mapping[str, Any], results_dir: Path) -> Architecture | None:
+    """The architecture of a stored measurement, from its YAML under ``measures/models`` (None if gone)."""
+    path = Path(results_dir) / MEASURES / MODELS_DIR / f"{m['arch_key']}.yaml"
+    try:
+        d = yaml.safe_load(path.read_text())
+        return Architecture(
+            key=str(m["arch_key"]),
+            model=str(m["model"]),
+            attn=str(m["attn"]),
+            pos=str(m["pos"]),
+            nc=int(m["nc"]),
+            imgsz=(int(m["imgsz"][0]), int(m["imgsz"][1])),
+            yaml=d,
+            layers=tuple(int(v) for v in m.get("layers") or []),
+            mode=str(m.get("mode") or "none"),
+            attn_variant=str(m.get("attn_variant") or ""),
+        )
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def together(
+    todo: Sequence[Architecture],
+    archs: Sequence[Architecture],
+    stored: Mapping[str, Mapping[str, Any]],
+    results_dir: Path,
+) -> tuple[list[Architecture], int]:
+    """What one phase times: ``todo``, their baselines, and every variant of those baselines stored under
+    the same settings (a baseline timed again takes its stored variants along: a table's ms, ratio and bold
+    of one baseline and its variants then come from one phase). Returns (the group, how many of it are
+    stored variants timed again)."""
+    group = with_baselines(todo)
+    keys = {a.key for a in group}
+    bases = {a.key for a in group if a.is_baseline}
+    known = {a.key: a for a in archs}
+    again: list[Architecture] = []
+    for key, m in stored.items():
+        if key in keys or m.get("baseline_arch_key") not in bases:
+            continue
+        a = known.get(key) or stored_architecture(m, results_dir)
+        if a is None:
+            log.warning(
+                "%s (%s): its stored latency cannot be timed again with its baseline (no model YAML under "
+                "%s); tables show it without a ratio until it is measured again",
+                m.get("label", key),
+                key,
+                Path(results_dir) / MEASURES / MODELS_DIR,
+            )
+            continue
+        again.append(a)
+    if again:
+        log.info(
+            "timing %d stored variant(s) again with their baseline: %s",
+            len(again),
+            ", ".join(a.label for a in again),
+        )
+    return [*group, *again], len(again)
+
+
 # ------------------------------------------------------------------------------------------ measuring
 
 
@@ -298,11 +398,20 @@ def backend_unavailable(settings: Settings) -> str | None:
 
 
 def measure(
-    archs: Sequence[Architecture], settings: Settings, results_dir: Path, force: bool = False
+    archs: Sequence[Architecture],
+    settings: Settings,
+    results_dir: Path,
+    force: bool = False,
+    load: Load | None = None,
 ) -> PhaseResult:
-    """Measure the architectures (with their baselines) that lack a stored measurement under ``settings``.
+    """Measure the architectures (with their baselines and the baselines' stored variants, see
+    :func:`together`) that lack a stored measurement under ``settings``, or whose stored one is from
+    another phase than their baseline's (:func:`apart`).
 
-    Nothing else may run on the machine meanwhile: the caller runs this after the training jobs.
+    Nothing else may run on the machine meanwhile: before timing, the load is read and waited for
+    (:func:`ablate.measure.quiet.wait_until_quiet`; ``load``: a reading taken already). Raises
+    :class:`ablate.measure.quiet.MachineBusyError` (nothing written) when it stays busy without
+    ``settings.force_load``.
     """
     settings.check()
     start = time.perf_counter()
@@ -312,12 +421,19 @@ def measure(
         result.skipped = reason
         log.warning("latency on %s skipped: %s", settings.backend, reason)
         return result
-    store = Path(results_dir) / MEASURES / settings.key
-    todo = [a for a in archs if force or not (store / f"{a.key}.json").is_file()]
-    result.reused = len(archs) - len(todo)
+    results_dir = Path(results_dir)
+    store = results_dir / MEASURES / settings.key
+    stored = stored_measures(store)
+    todo = [a for a in archs if force or a.key not in stored or apart(stored[a.key], stored)]
     if not todo:
+        result.reused = len(archs)
         return result
-    group = with_baselines(todo)
+    group, result.retimed = together(todo, archs, stored, results_dir)
+    timed = {a.key for a in group}
+    result.reused = sum(a.key not in timed for a in archs)
+    result.load = load or wait_until_quiet(
+        results_dir, settings.max_load, settings.load_wait_s, settings.force_load
+    )
     previous = torch.get_num_threads()
     torch.set_num_threads(settings.resolved_threads)
     try:
@@ -333,10 +449,17 @@ def measure(
         )
     finally:
         torch.set_num_threads(previous)
-    phase = datetime.now(UTC).isoformat(timespec="seconds")
+    phase = {
+        "phase": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "phase_id": uuid.uuid4().hex[:12],  # what a table matches a variant and its baseline by
+        **result.load.fields(),
+    }
     store.mkdir(parents=True, exist_ok=True)
     write_json_atomic(store / SETTINGS_JSON, settings.describe())
+    models = results_dir / MEASURES / MODELS_DIR
     for a in group:
+        if not (models / f"{a.key}.yaml").is_file():  # to time it again later without its runs
+            write_text_atomic(models / f"{a.key}.yaml", yaml.safe_dump(a.yaml, sort_keys=False))
         entry = _entry(a, times, settings, phase)
         write_json_atomic(store / f"{a.key}.json", entry)
         result.measured.append(entry)
@@ -345,7 +468,9 @@ def measure(
     return result
 
 
-def _entry(a: Architecture, times: Mapping[str, list[list[float]]], settings: Settings, phase: str) -> dict:
+def _entry(
+    a: Architecture, times: Mapping[str, list[list[float]]], settings: Settings, phase: Mapping[str, Any]
+) -> dict:
     """The stored measurement of ``a``: its timing and its ratio to the baseline timed in the same rounds."""
     t = timing(flat(times[a.key]))
     base = a.baseline().key
@@ -363,6 +488,7 @@ def _entry(a: Architecture, times: Mapping[str, list[list[float]]], settings: Se
         "pos": a.pos,
         "layers": list(a.layers),
         "mode": a.mode,
+        "attn_variant": a.attn_variant,
         "nc": a.nc,
         "imgsz": list(a.imgsz),
         "baseline_arch_key": base,
@@ -383,7 +509,7 @@ def _entry(a: Architecture, times: Mapping[str, list[list[float]]], settings: Se
         "passes": settings.passes,
         "warmup": settings.warmup,
         "settings_key": settings.key,
-        "phase": phase,
+        **phase,
     }
 
 
@@ -428,8 +554,18 @@ def format_phase(result: PhaseResult) -> str:
         f"{s.warmup} warm-up passes; {result.wall_s:.0f} s, "
         f"{100 * result.overhead:.1f} % outside the timed passes"
     )
-    lines = [
-        head,
+    if result.retimed:
+        head += (
+            f"; {result.retimed} stored variant{'s' * (result.retimed != 1)} timed again with their baseline"
+        )
+    lines = [head]
+    if result.load is not None:
+        lines.append(
+            f"timed under load (forced; the table says so): {result.load.describe()}"
+            if result.load.busy
+            else f"machine quiet: {result.load.describe()}"
+        )
+    lines += [
         f"{'architecture':<34} {'imgsz':>7} {'median ms':>10} {'p10-p90 ms':>15} "
         f"{'x baseline (p10-p90)':>22}",
     ]
@@ -448,15 +584,21 @@ def run_phase(
     force: bool = False,
 ) -> list[PhaseResult]:
     """The measurement phase over ``records`` (default: every record under ``results_dir``), one backend
-    after the other; then ``latency.csv`` is rewritten."""
+    after the other; then ``latency.csv`` is rewritten.
+
+    The load is read once, before the first backend times anything (a later backend's reading would count
+    this phase's own timing); raises :class:`ablate.measure.quiet.MachineBusyError` as :func:`measure`.
+    """
     if records is None:
         records = selected_records(Path(results_dir), [])
     archs = architectures(records, results_dir)
     results = []
+    load = None
     for s in settings:
         try:
-            results.append(measure(archs, s, results_dir, force))
+            results.append(measure(archs, s, results_dir, force, load))
         except BackendUnavailableError as e:
             results.append(PhaseResult(s, skipped=str(e)))
+        load = load or results[-1].load
     write_latency_csv(results_dir)
     return results

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .columns import AP_COLUMNS, HIGHER_IS_BETTER, LATENCY_SETTINGS, MEASURE_COLUMNS
@@ -32,6 +33,7 @@ class Cell:
     baseline_missing: bool = False
     bold: bool = False
     ratio: float | None = None  # latency: the ratio to the baseline timed in the same rounds
+    apart: bool = False  # latency: timed in another phase than the baseline's ms shown: no ratio, no bold
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Table:
     options: StatOptions = field(default_factory=StatOptions)  # CI method, correction, α
     family: int = 0  # comparisons the p values were adjusted over
     single_seed: list[SingleSeed] = field(default_factory=list)  # Δ cells from one paired seed: not evidence
+    latency_apart: int = 0  # latency cells timed in another phase than their baseline's (no ratio)
+    latency_load: list[str] = field(default_factory=list)  # the load of measurements timed on a busy machine
 
 
 @dataclass
@@ -138,14 +142,7 @@ def build_table(summary: pd.DataFrame, n_failed: int = 0, options: StatOptions |
                     Cell(),
                 )
             if not base:
-                cells[("", "latency_ms")].ratio = next(
-                    (
-                        v
-                        for ds in datasets
-                        if (r := by_ds.get(ds)) is not None and (v := _f(r["latency_ratio_mean"]))
-                    ),
-                    None,
-                )
+                _latency_ratio(cells[("", "latency_ms")], by_ds, datasets)
             rows.append(Row(str(pos), str(attn), base, cells))
         blocks.append(Block(str(label), rows))
     decimals = {
@@ -166,8 +163,38 @@ def build_table(summary: pd.DataFrame, n_failed: int = 0, options: StatOptions |
         family_size(s),
         single_seed_hints(s, options or StatOptions()),
     )
+    table.latency_apart = sum(r.cells[("", "latency_ms")].apart for b in blocks for r in b.rows)
+    table.latency_load = _latency_load(s)
     _mark_best(table)
     return table
+
+
+def _latency_ratio(cell: Cell, by_ds: Mapping[str, Mapping[str, Any]], datasets: Sequence[str]) -> None:
+    """A variant's latency cell: the ratio of the record its ms come from (the first dataset with a latency),
+    or none and ``apart`` where that measurement is from another phase than its baseline's."""
+    r = next((r for ds in datasets if (r := by_ds.get(ds)) is not None and _f(r["latency_ms_mean"])), None)
+    if r is None:
+        return
+    cell.apart = _true(r.get("latency_apart"))
+    cell.ratio = None if cell.apart else _f(r["latency_ratio_mean"])
+
+
+def _true(v: Any) -> bool:
+    return isinstance(v, bool | np.bool_) and bool(v)
+
+
+def _latency_load(s: pd.DataFrame) -> list[str]:
+    """Each distinct load reading behind latency cells timed on a busy machine, as one phrase."""
+    reading = ["latency_loadavg", "latency_cores", "latency_jobs"]
+    if not {"latency_loaded", *reading} <= set(s):
+        return []
+    rows = s.loc[s["latency_loaded"].map(_true).astype(bool), reading].drop_duplicates()
+    out = []
+    for r in rows.to_dict("records"):
+        cores, jobs = int(r["latency_cores"]), int(r["latency_jobs"] or 0)
+        text = f"load average {float(r['latency_loadavg']):.2f} on {cores} core{'s' * (cores != 1)}"
+        out.append(text + (f", {jobs} running job{'s' * (jobs != 1)}" if jobs else ""))
+    return out
 
 
 def _threads(n: int) -> str:
@@ -240,7 +267,11 @@ def _mark_best(table: Table) -> None:
     for block in table.blocks:
         for key in keys:
             decimals = table.decimals.get(key[1], 1)
-            shown = [(round(c.mean, decimals), c) for r in block.rows if (c := r.cells[key]).mean is not None]
+            shown = [
+                (round(c.mean, decimals), c)
+                for r in block.rows
+                if (c := r.cells[key]).mean is not None and not c.apart
+            ]
             if not shown:
                 continue
             pick = max if key[1] in HIGHER_IS_BETTER else min

@@ -275,12 +275,17 @@ def write_runs(results_dir: Path, runs: pd.DataFrame) -> Path:
 
 
 def with_latency(runs: pd.DataFrame, results_dir: Path, backend: str = "torch") -> pd.DataFrame:
-    """``runs`` with the measurement phase's latency of each run's architecture on ``backend`` (the newest
-    measurement; columns :data:`ablate.measure.store.FIELDS`, empty where none is stored)."""
-    from ..measure.store import FIELDS, latest_by_architecture, read_measures
+    """``runs`` with the measurement phase's latency of each run's architecture on ``backend``: columns
+    :data:`ablate.measure.store.FIELDS`, empty where none is stored.
+
+    One measurement per table: a baseline's newest measurement, and each variant's from the same phase and
+    settings key (:func:`ablate.measure.store.for_table`), so ms ÷ the baseline's ms is the printed ratio; a
+    variant timed in another phase keeps its ms, loses its ratio and has ``latency_apart`` true.
+    """
+    from ..measure.store import FIELDS, for_table, read_measures
 
     runs = runs.drop(columns=[c for c in (*FIELDS, "throughput_ips", "peak_memory_infer_mb") if c in runs])
-    chosen = latest_by_architecture(read_measures(results_dir), backend)
+    chosen = for_table(read_measures(results_dir), backend)
     if "arch_key" not in runs or not chosen:
         return runs
     measured = pd.DataFrame([{k: m.get(k) for k in ("arch_key", *FIELDS)} for m in chosen.values()])

@@ -56,6 +56,8 @@ def _cell_text(cell: Cell, decimals: int, n_modal: int, latex: bool, measure: bo
         text += rf"${{}}_{{n={cell.n}}}$" if latex else f" (n={cell.n})"
     if cell.ratio is not None:
         text += rf" ({cell.ratio:.2f}$\times$)" if latex else f" ({cell.ratio:.2f}×)"
+    elif cell.apart:
+        text += r" ($\times$ n/a)" if latex else " (× n/a)"
     if cell.baseline_missing:
         text += " (---)" if latex else f" ({DASH})"
     elif cell.delta is not None:
@@ -175,11 +177,26 @@ def _latency_note(table: Table, latex: bool) -> str:
     if not table.latency:
         return "Latency: not measured yet (python -m ablate.measure)."
     where = "; ".join(latex_escape(t) if latex else t for t in table.latency)
-    return (
-        f"Latency (ms): median forward pass of the measurement phase ({where}), every architecture timed "
-        f"alone on the machine in interleaved rounds; ({times}): ratio to the baseline timed in the same "
-        "rounds (median over rounds)."
+    text = (
+        f"Latency (ms): median forward pass of the measurement phase ({where}), every variant timed with "
+        "its baseline in interleaved rounds of one phase, the phase the baseline's ms shown come from; "
+        f"({times}): ratio to the baseline timed in the same rounds (median over rounds)."
     )
+    dashes = "-{}-" if latex else "--"  # LaTeX would set -- as an en dash
+    if table.latency_apart:
+        n = table.latency_apart
+        text += (
+            f" ({times} n/a): {n} variant{'s' * (n != 1)} timed in another phase than the baseline's ms "
+            f"shown: no ratio, not compared for bold (python -m ablate.measure [{dashes}force] times "
+            f"{'it' if n == 1 else 'them'} with the baseline)."
+        )
+    if table.latency_load:
+        load = "; ".join(table.latency_load)
+        text += (
+            f" Timed on a busy machine ({load}; measured with {dashes}force-load): those latencies may "
+            "be inflated and their ratios noisier."
+        )
+    return text
 
 
 def _value_cells(table: Table, row: Row, latex: bool) -> list[str]:
