@@ -26,6 +26,7 @@ SMALL = [
     "measure.latency.passes=2",
     "measure.latency.warmup=1",
     "measure.latency.min_time_s=0",
+    "measure.latency.force_load=true",  # the test machine is busy with the tests themselves
 ]
 TINY = [*SMALL, "train.init=scratch"]
 

@@ -209,8 +209,8 @@ def test_a_variant_from_another_phase_has_no_ratio_until_timed_again(
 # ---------------------------------------------------------------------------------------- the load
 
 
-def busy(monkeypatch: pytest.MonkeyPatch, loadavg: float = 7.5, cores: int = 2) -> None:
-    monkeypatch.setattr(quiet, "machine_load", lambda: (loadavg, cores))
+def busy(monkeypatch: pytest.MonkeyPatch, load: float = 7.5, cores: int = 2) -> None:
+    monkeypatch.setattr(quiet, "machine_load", lambda: (load, cores))
 
 
 def test_a_busy_machine_is_refused_and_nothing_written(
@@ -222,7 +222,7 @@ def test_a_busy_machine_is_refused_and_nothing_written(
     with pytest.raises(quiet.MachineBusyError) as e:
         phase.measure([A], phase.Settings(**FAST, load_wait_s=0), tmp_path)
     text = str(e.value)
-    assert "\n" not in text and "load average 7.50 on 2 cores (limit 0.50)" in text and "--force-load" in text
+    assert "\n" not in text and "load 7.50 on 2 cores (limit 0.50)" in text and "--force-load" in text
     assert not (tmp_path / "measures").exists()
 
 
@@ -237,13 +237,13 @@ def test_cli_refuses_a_busy_machine_in_one_line(
     with pytest.raises(SystemExit) as e:
         measure_main([*args, "--load-wait", "0"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("error: the machine is busy: load average 7.50")
+    assert e.value.code == 2 and err.startswith("error: the machine is busy: load 7.50")
     assert err.count("\n") == 1 and not (tmp_path / "measures").exists()
     fake.set(BASE.key, 10)
     fake.set(A.key, 12)
     measure_main([*args, "--force-load"])
     out = capsys.readouterr().out
-    assert "timed under load (forced; the table says so): load average 7.50 on 2 cores" in out
+    assert "timed under load (forced; the table says so): load 7.50 on 2 cores" in out
     assert {m["latency_loaded"] for m in store.read_measures(tmp_path)} == {True}
 
 
@@ -257,7 +257,7 @@ def test_forced_measurement_records_the_load_and_the_table_says_so(
     fake.set(A.key, 12)
     result = phase.measure([BASE, A], phase.Settings(**FAST, force_load=True), tmp_path)
     for m in store.read_measures(tmp_path):
-        assert (m["latency_loaded"], m["latency_loadavg"], m["latency_cores"], m["latency_jobs"]) == (
+        assert (m["latency_loaded"], m["latency_load"], m["latency_cores"], m["latency_jobs"]) == (
             True,
             7.5,
             2,
@@ -266,12 +266,9 @@ def test_forced_measurement_records_the_load_and_the_table_says_so(
         assert m["load_forced"] and m["load_limit"] == 0.5
     assert "1 running job of this results root (multirun-x/0, pid 4711)" in phase.format_phase(result)
     t, _, md = table(tmp_path)
-    assert t.latency_load == ["load average 7.50 on 2 cores, 1 running job"]
+    assert t.latency_load == ["load 7.50 on 2 cores, 1 running job"]
     assert "1 running job; measured with -{}-force-load)" in render.to_latex(t)
-    assert (
-        "Timed on a busy machine (load average 7.50 on 2 cores, 1 running job; measured with --force-load)"
-        in md
-    )
+    assert "Timed on a busy machine (load 7.50 on 2 cores, 1 running job; measured with --force-load)" in md
 
 
 def test_a_busy_machine_is_waited_for(
@@ -293,9 +290,7 @@ def test_a_busy_machine_is_waited_for(
     fake.set(A.key, 12)
     with caplog.at_level(logging.INFO, logger="ablate.measure.quiet"):
         result = phase.measure([A], phase.Settings(**FAST, load_wait_s=60), tmp_path)
-    assert (
-        "the machine is busy (load average 3.00 on 2 cores (limit 0.50)): waiting up to 60 s" in caplog.text
-    )
+    assert "the machine is busy (load 3.00 on 2 cores (limit 0.50)): waiting up to 60 s" in caplog.text
     assert result.load is not None and result.load.waited_s == 2 * quiet.POLL_S and not result.load.busy
     assert {(m["latency_loaded"], m["load_waited_s"]) for m in result.measured} == {(False, 20.0)}
 
@@ -322,8 +317,21 @@ def test_running_jobs_are_read_from_progress_files(tmp_path: Path) -> None:
         _progress(tmp_path, "multirun-2", "0", pid=alive.pid, started_at=time.time() - 3600)  # pid recycled
         assert quiet.running_jobs(tmp_path) == [f"multirun-1/0, pid {alive.pid}"]
         load = quiet.Load(0.1, 4, 0.25, quiet.running_jobs(tmp_path))
-        assert load.busy and load.fields()["latency_jobs"] == 1  # a quiet load average is not enough
+        assert load.busy and load.fields()["latency_jobs"] == 1  # a quiet CPU is not enough
     finally:
         alive.kill()
         alive.wait()
     assert quiet.running_jobs(tmp_path) == []
+
+
+def test_the_load_is_other_processes_cpu_now_not_the_load_average(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Busy cores = the machine's busy share of its CPU time × its CPUs, less this process's own CPU."""
+    samples = iter([(1000, 800), (1400, 1000)])  # 400 jiffies, 200 idle: half of the machine busy
+    own = iter([10.0, 10.5])  # this process used half a core of it
+    monkeypatch.setattr(quiet, "_cpu_times", lambda: next(samples))
+    monkeypatch.setattr(quiet, "_own_cpu", lambda: next(own))
+    monkeypatch.setattr(quiet.time, "sleep", lambda s: None)
+    monkeypatch.setattr(quiet.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(quiet.os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # a lagging figure, not read
+    load, _ = quiet.machine_load(window_s=1.0)
+    assert load == pytest.approx(0.5 * 4 - 0.5)

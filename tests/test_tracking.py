@@ -30,7 +30,7 @@ from .helpers import TINY, config
 
 SECRET = "some-secret-value-7c1d"
 UNTRACKED = [o for o in TINY if not o.startswith("logger=")]
-PROFILE = ["action=profile"]
+PROFILE = ["action=profile", "measure.latency.force_load=true"]  # the tests keep the machine busy
 
 
 # --- reading an offline run back ------------------------------------------------------------------------

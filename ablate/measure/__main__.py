@@ -6,9 +6,9 @@
     make measure [RESULTS=dir] [BACKEND="torch onnxruntime"]
 
 Defaults are ``measure.latency`` of ``conf/config.yaml`` (what every sweep runs after its last training
-job). Run it with nothing else on the machine: it checks (the load average per core, the results root's
-running jobs), waits up to ``--load-wait`` seconds for a busy machine, then refuses (exit 2) unless
-``--force-load``. See :mod:`ablate.measure.phase` and :mod:`ablate.measure.quiet`.
+job). Run it with nothing else on the machine: it checks (the cores other processes keep busy, the
+results root's running jobs), waits up to ``--load-wait`` seconds for a busy machine, then refuses
+(exit 2) unless ``--force-load``. See :mod:`ablate.measure.phase` and :mod:`ablate.measure.quiet`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time even on a busy machine (recorded; the table's footnote says so)",
     )
     p.add_argument(
-        "--max-load", type=float, default=d["max_load"], help="1-minute load average per core that is busy"
+        "--max-load",
+        type=float,
+        default=d["max_load"],
+        help="cores busy with other work, per core, above which the machine is busy",
     )
     p.add_argument(
         "--load-wait", type=float, default=d["load_wait_s"], help="seconds to wait for a busy machine"

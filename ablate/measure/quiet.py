@@ -2,8 +2,12 @@
 
 "Timed alone" is checked, not assumed. Before its first timed pass the phase reads:
 
-* the machine's 1-minute load average (``os.getloadavg``) against the cores this process may run on
-  (``os.sched_getaffinity``): busy above ``max_load`` per core;
+* the load now: how many cores other processes kept busy over the last :data:`WINDOW_S` seconds
+  (``/proc/stat``'s busy time of the machine less this process's own CPU time), against the cores this
+  process may run on (``os.sched_getaffinity``): busy above ``max_load`` per core. Not the 1-minute load
+  average: it lags by minutes (right after a sweep's jobs end it still reads about 2 on 2 idle cores),
+  so the phase would wait for work that has stopped. Where ``/proc/stat`` cannot be read, the 1-minute
+  load average is the fallback;
 * the running jobs of the same results root: every ``progress.json`` a sweep job writes
   (:mod:`ablate.progress`) under ``<results>/hydra/multirun-*/`` (and ``<results>/multirun-*/``) that says
   ``running`` on **this host**, with its process alive and started no later than the job (a dead job's
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_GLOBS = (f"hydra/multirun-*/*/{PROGRESS_JSON}", f"multirun-*/*/{PROGRESS_JSON}")
 POLL_S = 10.0  # how often a busy machine is read again while waiting
+WINDOW_S = 1.0  # the load is the CPU other processes used over this window
 
 
 class MachineBusyError(AblateError):
@@ -42,9 +47,9 @@ class MachineBusyError(AblateError):
 
 @dataclass(frozen=True)
 class Load:
-    """One reading: the load average, the cores it is compared with, the running jobs of the results root."""
+    """One reading: the load, the cores it is compared with, the running jobs of the results root."""
 
-    loadavg: float  # 1-minute load average of the machine
+    load: float  # cores kept busy by other processes (see :func:`machine_load`)
     cores: int  # cores this process may run on
     max_load: float  # load per core above which the machine is busy
     jobs: list[str] = field(default_factory=list)  # running jobs of this results root on this host
@@ -57,11 +62,11 @@ class Load:
 
     @property
     def busy(self) -> bool:
-        return self.loadavg > self.limit or bool(self.jobs)
+        return self.load > self.limit or bool(self.jobs)
 
     def describe(self) -> str:
-        """``load average 3.10 on 2 cores (limit 0.50), 1 running job (…/0, pid 4711)``."""
-        text = f"load average {self.loadavg:.2f} on {self.cores} core{'s' * (self.cores != 1)}"
+        """``load 1.80 on 2 cores (limit 0.50), 1 running job (…/0, pid 4711)``."""
+        text = f"load {self.load:.2f} on {self.cores} core{'s' * (self.cores != 1)}"
         text += f" (limit {self.limit:.2f})"
         n = len(self.jobs)
         if n:
@@ -73,7 +78,7 @@ class Load:
         """What a stored measurement records of this reading."""
         return {
             "latency_loaded": self.busy,
-            "latency_loadavg": round(self.loadavg, 2),
+            "latency_load": round(self.load, 2),
             "latency_cores": self.cores,
             "latency_jobs": len(self.jobs),
             "load_limit": round(self.limit, 2),
@@ -82,10 +87,40 @@ class Load:
         }
 
 
-def machine_load() -> tuple[float, int]:
-    """(1-minute load average, cores this process may run on)."""
+def machine_load(window_s: float = WINDOW_S) -> tuple[float, int]:
+    """(cores kept busy by other processes over the last ``window_s`` seconds, cores this process may run on).
+
+    The machine's busy time (``/proc/stat``: every state but idle and iowait, over all CPUs) less this
+    process's own CPU time, in cores. Without ``/proc/stat``: the 1-minute load average.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return os.getloadavg()[0], cores
+    first = _cpu_times()
+    if first is None:
+        return os.getloadavg()[0], cores
+    own_first = _own_cpu()
+    time.sleep(window_s)
+    second = _cpu_times()
+    own = _own_cpu() - own_first
+    if second is None or second[0] <= first[0]:
+        return os.getloadavg()[0], cores
+    total, idle = second[0] - first[0], second[1] - first[1]
+    busy_cores = (total - idle) / total * (os.cpu_count() or cores)
+    return max(0.0, busy_cores - own / window_s), cores
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(all jiffies, idle + iowait jiffies) of the machine from ``/proc/stat`` (None where unreadable)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return sum(values), values[3] + values[4]
+
+
+def _own_cpu() -> float:
+    """CPU seconds this process has used (user + system, its threads included)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _alive(pid: int) -> bool:
@@ -141,8 +176,8 @@ def running_jobs(results_dir: Path) -> list[str]:
 
 def read(results_dir: Path, max_load: float) -> Load:
     """The load now (:func:`machine_load`, :func:`running_jobs`)."""
-    loadavg, cores = machine_load()
-    return Load(loadavg, cores, max_load, running_jobs(results_dir))
+    load, cores = machine_load()
+    return Load(load, cores, max_load, running_jobs(results_dir))
 
 
 def wait_until_quiet(results_dir: Path, max_load: float, wait_s: float, force: bool = False) -> Load:
@@ -155,7 +190,7 @@ def wait_until_quiet(results_dir: Path, max_load: float, wait_s: float, force: b
     load = read(results_dir, max_load)
     if load.busy and force:
         log.warning("timing on a busy machine (forced): %s; the table will say so", load.describe())
-        return Load(load.loadavg, load.cores, max_load, load.jobs, 0.0, True)
+        return Load(load.load, load.cores, max_load, load.jobs, 0.0, True)
     if load.busy and wait_s > 0:
         log.warning("the machine is busy (%s): waiting up to %.0f s before timing", load.describe(), wait_s)
     while load.busy and (waited := time.monotonic() - start) < wait_s:
@@ -169,4 +204,4 @@ def wait_until_quiet(results_dir: Path, max_load: float, wait_s: float, force: b
             f"the machine is busy{after}: {load.describe()}; latency must be timed alone: measure later, "
             "or measure anyway with --force-load (measure.latency.force_load=true; the table says so)"
         )
-    return Load(load.loadavg, load.cores, max_load, load.jobs, waited)
+    return Load(load.load, load.cores, max_load, load.jobs, waited)

@@ -39,7 +39,7 @@ FIELDS = (
     "latency_threads",
     "latency_apart",  # a variant timed in another phase than the baseline the table shows: no ratio
     "latency_loaded",  # timed on a busy machine (--force-load), with the reading:
-    "latency_loadavg",
+    "latency_load",
     "latency_cores",
     "latency_jobs",
 )

@@ -34,7 +34,7 @@ HIGHER_IS_BETTER = frozenset(AP_METRICS)
 DELTA_METRICS = ("map50", "map50_95", "ap_small", "ap_medium", "ap_large")
 LATENCY_SETTINGS = ("latency_backend", "latency_device", "latency_dtype", "latency_batch", "latency_threads")
 # how far a row's latency can be trusted: timed apart from the baseline shown (no ratio), or under load
-LATENCY_CHECKS = ("latency_apart", "latency_loaded", "latency_loadavg", "latency_cores", "latency_jobs")
+LATENCY_CHECKS = ("latency_apart", "latency_loaded", "latency_load", "latency_cores", "latency_jobs")
 # descriptive columns of a configuration (identical for every seed of one config_key)
 CONFIG_COLUMNS = (
     "action",

@@ -185,14 +185,14 @@ def _true(v: Any) -> bool:
 
 def _latency_load(s: pd.DataFrame) -> list[str]:
     """Each distinct load reading behind latency cells timed on a busy machine, as one phrase."""
-    reading = ["latency_loadavg", "latency_cores", "latency_jobs"]
+    reading = ["latency_load", "latency_cores", "latency_jobs"]
     if not {"latency_loaded", *reading} <= set(s):
         return []
     rows = s.loc[s["latency_loaded"].map(_true).astype(bool), reading].drop_duplicates()
     out = []
     for r in rows.to_dict("records"):
         cores, jobs = int(r["latency_cores"]), int(r["latency_jobs"] or 0)
-        text = f"load average {float(r['latency_loadavg']):.2f} on {cores} core{'s' * (cores != 1)}"
+        text = f"load {float(r['latency_load']):.2f} on {cores} core{'s' * (cores != 1)}"
         out.append(text + (f", {jobs} running job{'s' * (jobs != 1)}" if jobs else ""))
     return out
 
