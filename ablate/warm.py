@@ -120,11 +120,6 @@ def pin_path(results_dir: Path, candidates: list[Experiment]) -> Path:
     return Path(results_dir) / BASES / f"{run_key({'base_candidates': [c.key for c in candidates]})}.json"
 
 
-def read_pin(path: Path) -> dict[str, Any] | None:
-    """The pin at ``path`` (parsed), or None when absent or unreadable."""
-    return _parse(read_bytes(path))
-
-
 def _parse(raw: bytes | None) -> dict[str, Any] | None:
     try:
         data = json.loads(raw) if raw is not None else None
