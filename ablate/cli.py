@@ -119,7 +119,7 @@ def run_job(cfg: DictConfig) -> float | None:
     if in_multirun():
         return sweep_job(cfg)
     from .experiment import experiment_from_config
-    from .run import execute
+    from .warm import execute
 
     if cfg.get("dry_run", False):  # one run's plan: cached or not, and its estimate; nothing runs
         overrides = list(HydraConfig.get().overrides.task)
@@ -161,7 +161,7 @@ def profile_latency(exp: Experiment, record: RunRecord) -> None:
 def sweep_job(cfg: DictConfig) -> float | None:
     """One job of a multirun: never raises; its outcome goes to ``outcome.json`` in the job directory."""
     from .experiment import experiment_from_config
-    from .run import execute
+    from .warm import execute
 
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)

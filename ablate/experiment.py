@@ -113,8 +113,8 @@ class Experiment:
         ``train.base`` overrides the protocol's training settings (its ``extra`` merged over theirs). Its
         ``seed`` is the first candidate's seed (null: this run's own seed, one base per seed) and
         ``candidates`` how many there are, with seeds ``seed + 1000·k``; the base is the candidate with
-        the lowest final training loss (:func:`ablate.run.chosen_base`). The candidates' settings hold no
-        protocol keys, so every protocol with the same base settings shares them.
+        the lowest final training loss, and the choice is pinned (:mod:`ablate.warm`). The candidates'
+        settings hold no protocol keys, so every protocol with the same base settings shares them.
         """
         base = dict(self.train.get("base") or {})
         seed = base.pop("seed", 0)
@@ -276,7 +276,7 @@ def experiment_from_config(cfg: DictConfig) -> Experiment:
     """Validate ``cfg`` and resolve it into an :class:`Experiment` (raises AblateError on bad input).
 
     ``action=base`` (kept as the experiment's action) trains the configuration's warm-start base
-    candidates and chooses the base (:meth:`Experiment.base_candidates`, :func:`ablate.run.chosen_base`).
+    candidates and chooses the base (:meth:`Experiment.base_candidates`, :func:`ablate.warm.base_for`).
     """
     action = _choice(cfg.get("action", "train"), "action", ACTIONS)
     seed = cfg.get("seed", 0)

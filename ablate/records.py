@@ -152,11 +152,50 @@ def read_json(path: Path) -> Any:
 
 def read_record(directory: Path) -> RunRecord | None:
     """The record in ``directory``, or None when absent or unreadable."""
-    data = read_json(Path(directory) / RECORD)
+    return parse_record(read_bytes(Path(directory) / RECORD))
+
+
+def read_bytes(path: Path) -> bytes | None:
+    """The bytes of ``path``, or None when it is absent or unreadable."""
     try:
-        return RunRecord.from_dict(data) if isinstance(data, dict) else None
-    except TypeError:
+        return Path(path).read_bytes()
+    except OSError:
         return None
+
+
+def parse_record(raw: bytes | None) -> RunRecord | None:
+    """The record in ``raw`` (a ``record.json``'s bytes), or None when absent or unreadable."""
+    try:
+        data = json.loads(raw) if raw is not None else None
+        return RunRecord.from_dict(data) if isinstance(data, dict) else None
+    except (ValueError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A file's bytes (None: absent) as a job first read them, to tell later whether another job has
+    written the file since: a record or a base pin rewritten by any job differs in its bytes (its
+    timestamps), so no clocks are compared (jobs of one sweep may run on machines whose clocks differ)."""
+
+    raw: bytes | None
+
+    @classmethod
+    def read(cls, path: Path) -> Seen:
+        return cls(read_bytes(path))
+
+
+def made_this_invocation(
+    raw: bytes | None, written_by: str | None, sweep: str | None, seen: Seen | None
+) -> bool:
+    """Whether a file whose bytes are now ``raw`` was written during this job's invocation, so that
+    ``force=true`` (one re-run per invocation) keeps it instead of redoing it.
+
+    An invocation is one multirun (every job of a sweep carries its name, ``sweep``; the file names the
+    sweep that wrote it, ``written_by``) or one single run. A file counts when a job of the same sweep wrote
+    it (the jobs of a sweep may run one after another), or when it differs from what this job first saw,
+    ``seen`` (another job wrote it while this one started or waited for the lock)."""
+    return (sweep is not None and written_by == sweep) or (seen is not None and raw != seen.raw)
 
 
 @contextmanager

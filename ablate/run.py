@@ -1,13 +1,15 @@
 """One experiment end to end, as a linear pipeline: compose → (train → evaluate) → cost → record.
 
-One failure path (:func:`finish`) writes the record and finishes tracking, once, whatever happened."""
+One failure path (:func:`finish`) writes the record and finishes tracking, once, whatever happened. A warm
+start's base run is found by :mod:`ablate.warm` (which calls :func:`execute` for the base candidates and
+then for the warm start with ``base_run``); this module never chooses one."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,20 @@ from .compose import (
 )
 from .errors import AblateError
 from .experiment import Experiment
-from .records import RunRecord, git_sha, now, read_record, run_dir, run_lock, versions, write_record
+from .records import (
+    RECORD,
+    RunRecord,
+    Seen,
+    git_sha,
+    made_this_invocation,
+    now,
+    parse_record,
+    read_bytes,
+    run_dir,
+    run_lock,
+    versions,
+    write_record,
+)
 from .tracking import Tracker, start_run
 from .weights import Transfer, plan_transfer, read_checkpoint
 
@@ -109,38 +124,6 @@ def weights_transfer(
     return transfer
 
 
-def ensure_base(exp: Experiment) -> RunRecord | None:
-    """The base run a warm start fine-tunes (None when ``exp`` does not warm-start)."""
-    return chosen_base(exp) if exp.warm else None
-
-
-def chosen_base(exp: Experiment) -> RunRecord:
-    """Train (or find cached) every base candidate of ``exp``; return the one with the lowest final
-    training loss (ties: the lower seed). The val split is never looked at.
-
-    From scratch, whether a short schedule takes off depends on the seed: a candidate that does not ends
-    with a training loss far above one that does, so the choice is clear-cut (README, "The default
-    protocol"). Each candidate is an ordinary run under its own lock. Raises AblateError when no
-    candidate succeeded (a candidate that failed earlier in the same sweep is not tried again).
-    """
-    records = []
-    for candidate in exp.base_candidates():
-        previous = read_record(run_dir(candidate.results_dir, candidate.key))
-        if previous is not None and previous.status == "failed" and exp.sweep and previous.sweep == exp.sweep:
-            records.append(previous)
-            continue
-        records.append(execute(dataclasses.replace(candidate, force=False), record_errors=True))
-    ok = [r for r in records if r is not None and r.status == "ok" and r.train_loss is not None]
-    if not ok:
-        errors = "; ".join(f"{r.key}: {r.error}" for r in records if r is not None)
-        raise AblateError(f"no warm-start base candidate of this configuration trained: {errors}")
-    best = min(ok, key=lambda r: (r.train_loss, r.seed))
-    if len(records) > 1:
-        losses = ", ".join(f"seed {r.seed}: {r.train_loss:.3f}" for r in ok)
-        log.info("warm-start base: run %s (final training loss %s)", best.key, losses)
-    return best
-
-
 def inspect_table(d: dict[str, Any], model: torch.nn.Module) -> str:
     marked = marks(d)
     table = [r.__class__(**{**r.__dict__, "mark": marked.get(r.index, "")}) for r in layer_table(model)]
@@ -204,61 +187,106 @@ def materialize_dataset(exp: Experiment) -> str:
     return str(datasets.make_dataset(generator, exp.data_dir, seed=seed, **kwargs))
 
 
-def cached_record(exp: Experiment) -> RunRecord | None:
-    """The ``ok`` record of this experiment's run key, unless ``force`` asks for a re-run."""
-    previous = read_record(run_dir(exp.results_dir, exp.key))
-    if previous is not None and previous.status == "ok" and not exp.force:
-        previous.cached = True
-        return previous
-    return None
+@dataclass
+class JobStart:
+    """What a job knew when it started, kept until its run takes the lock: when it started (``job_start``
+    in the record's timings), its run's record as it first read it (``force`` reuses a record written since:
+    :func:`cached_record`) and, once built, the composed model."""
+
+    at: float
+    seen: Seen
+    built: tuple[dict[str, Any], torch.nn.Module] | None = None
 
 
-def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool = False) -> RunRecord | None:
+def job_start(exp: Experiment) -> JobStart:
+    """The start of a job that runs ``exp``: now, and its record as it is now."""
+    return JobStart(time.time(), Seen.read(run_dir(exp.results_dir, exp.key) / RECORD))
+
+
+def build(exp: Experiment, start: JobStart) -> tuple[dict[str, Any], torch.nn.Module]:
+    """The composed YAML and model of ``exp`` (:func:`composed_model`), built once per job."""
+    if start.built is None:
+        start.built = composed_model(exp, len(dataset_names(exp.dataset)))
+    return start.built
+
+
+def cached_record(exp: Experiment, seen: Seen | None = None) -> RunRecord | None:
+    """The ``ok`` record of this experiment's run key when this job reuses it instead of running.
+
+    Without ``force`` any ok record is reused. ``force=true`` re-runs once per invocation, not once per job
+    that reaches the run: a forced job reuses an ok record made during this invocation, by a job of the
+    same sweep or, given ``seen`` (the record as this job first read it), by any job since
+    (:func:`ablate.records.made_this_invocation`).
+    """
+    raw = read_bytes(run_dir(exp.results_dir, exp.key) / RECORD)
+    previous = parse_record(raw)
+    if previous is None or previous.status != "ok":
+        return None
+    if exp.force and not made_this_invocation(raw, previous.sweep, exp.sweep, seen):
+        return None
+    previous.cached = True
+    return previous
+
+
+def execute(
+    exp: Experiment,
+    cfg: DictConfig | None = None,
+    record_errors: bool = False,
+    base_run: RunRecord | None = None,
+    start: JobStart | None = None,
+) -> RunRecord | None:
     """Run one experiment. Returns its record (None for ``action=inspect``; ``record.cached`` when reused).
 
-    Bad input raises :class:`AblateError` before anything is written, unless ``record_errors`` (sweeps):
-    then a model that does not build is recorded as ``failed`` like any other failure. Failures during
-    training are caught and recorded as ``status=failed`` with the error and a ``traceback.txt``. The run
-    directory is locked while the run executes, so two jobs with the same key never train it twice.
+    A warm start fine-tunes ``base_run``: job entry points call :func:`ablate.warm.execute`, which finds
+    it (:func:`ablate.warm.base_for`) and passes the job's ``start`` (its model is built before the base
+    trains, so a model that does not build fails in seconds). Bad input raises :class:`AblateError` before
+    anything is written, unless ``record_errors`` (sweeps): then a model that does not build is recorded as
+    ``failed`` like any other failure. Failures during training are caught and recorded as
+    ``status=failed`` with the error and a ``traceback.txt``. The run directory is locked while the run
+    executes, and the record is read again once the lock is held: a job with the same key that finished
+    while this one started (built its model, found its base, waited for the lock) is reused
+    (:func:`cached_record`), so two jobs never train one key twice.
     """
-    started = time.time()
-    names = dataset_names(exp.dataset)
-    if exp.action == "base":
-        return chosen_base(exp)
+    if exp.action == "base" or (exp.warm and base_run is None):
+        raise ValueError(
+            f"run {exp.key} (action={exp.action}, train.init={exp.init}) needs its warm-start base: "
+            "run it with ablate.warm.execute"
+        )
+    start = start if start is not None else job_start(exp)
+    directory = run_dir(exp.results_dir, exp.key)
     if exp.action == "inspect":
-        d, model = composed_model(exp, len(names))
+        d, model = build(exp, start)
         transfer = weights_transfer(exp, d, model)  # model.weights only: inspect trains no base run
         print(f"{exp.model} + attn={exp.attn} pos={exp.pos}: {count_params(model):,} parameters")
         print(inspect_table(d, model))
         if transfer is not None:
             print(transfer.line())
         return None
-    cached = cached_record(exp)
+    cached = cached_record(exp, start.seen)
     if cached is not None:
         log.info("cached: run %s already has an ok record (force=true re-runs)", cached.key)
         return cached
     try:
-        d, model = composed_model(exp, len(names))
-        base_run = ensure_base(exp)
+        d, model = build(exp, start)
         transfer = weights_transfer(exp, d, model, base_run)
     except AblateError as e:
         if not record_errors:
             raise
         return record_failure(exp, base_record(exp, exp.key, None, None), e)
 
-    directory = run_dir(exp.results_dir, exp.key)
     with run_lock(directory) as waited:
         if waited:
             log.info("run %s was running in another job; waited for it", exp.key)
-            again = cached_record(dataclasses.replace(exp, force=False))
-            if again is not None:
-                return again
+        again = cached_record(exp, start.seen)  # always: it may have finished since the check above
+        if again is not None:
+            log.info("cached: run %s finished in another job while this one started", again.key)
+            return again
         record = base_record(exp, exp.key, model, d)
         record.init = "warm" if base_run is not None else "weights" if transfer is not None else "scratch"
         record.init_run = base_run.key if base_run is not None else None
         if transfer is not None:
             record.update(transfer.record_fields())
-        record.timings["job_start"] = started
+        record.timings["job_start"] = start.at
         record.timings["model_built"] = time.time()
         return run_locked(exp, cfg, record, d, model, directory, transfer)
 
