@@ -121,7 +121,9 @@ class Experiment:
         count = int(base.pop("candidates", 1))
         extra = {**(self.train.get("extra") or {}), **(base.pop("extra", None) or {})}
         train = {k: v for k, v in self.train.items() if k not in PROTOCOL_KEYS}
-        train.update(base, extra=extra, init="scratch")
+        # named "base", not after the protocol: protocols that differ only in how they fine-tune (quick,
+        # reference) share their base runs
+        train.update(base, extra=extra, init="scratch", name="base")
         first = self.seed if seed is None else int(seed)
         return [
             dataclasses.replace(

@@ -67,6 +67,10 @@ def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool 
     """
     from . import run
 
+    if exp.action in ("train", "base"):
+        # the data first (cached after the first job): data that cannot be had, e.g. neon_trees offline
+        # without its wheel, is one error line before any run is written
+        run.materialize_dataset(exp)
     if exp.action == "base":
         return base_for(exp)
     if not exp.warm:

@@ -387,3 +387,22 @@ def test_a_run_trains_on_neon_trees(wheel: Path, tmp_path: Path) -> None:
     assert record.dataset == "neon_trees" and record.map50_95 is not None and record.imgsz == 96
     (converted,) = data.glob("neon_trees-*")
     assert len(list((converted / "images" / "train").glob("*.png"))) == 4  # 400 px: tiles at 0 and 80
+
+
+def test_a_run_on_neon_trees_offline_is_one_error_line_before_any_run(tmp_path: Path) -> None:
+    """``python -m ablate dataset=neon_trees`` without the wheel and without an index: the warm start's base
+    candidates are not tried (no failed records), one ``error:`` line names the command, exit 2."""
+    env = {**__import__("os").environ, "PIP_NO_INDEX": "1", "PYTHONPATH": str(REPO)}
+    results, data = tmp_path / "results", tmp_path / "data"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ablate", "dataset=neon_trees", "logger=none", f"results.dir={results}",
+         f"data.dir={data}"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: dataset=neon_trees needs the deepforest 2.1.0 wheel"
+    )
+    assert "Traceback" not in proc.stderr
+    assert not (results / "runs").exists()
