@@ -75,5 +75,12 @@ table-bench: install  ## time make table's work on 10,000 synthetic records
 overhead: install  ## sweep orchestration overhead per job (launch -> first training step)
 	$(BIN)/python -m ablate.benchmarks.overhead
 
+.PHONY: gpu-check gpu-wheels
+gpu-check: install  ## on a CUDA machine: AMP training of every module, autocast precision, CUDA latency, GPU tests (docs/gpu.md)
+	$(BIN)/python -m ablate.gpu_check --out $(RESULTS)/gpu-check
+
+gpu-wheels: install  ## the cp312 wheels a lent GPU machine needs (.gpu-wheels/) and the device command (docs/gpu.md)
+	$(BIN)/python -m ablate.gpu.wheels
+
 clean:  ## remove generated results (keeps .venv)
 	rm -rf results/* .pytest_cache

@@ -27,11 +27,14 @@ def offline_safe() -> None:
     """Keep ultralytics from reaching the network: no hub sync, no own wandb callback, no AMP download.
 
     ``YOLO_OFFLINE`` stops ultralytics' online checks; its AMP self-check (CUDA only) would download a
-    model, so a failure there must mean "skip the check", never "fail the run".
+    model, so a failure there must mean "skip the check", never "fail the run". While ``YOLO_OFFLINE`` is
+    set that download is not even tried: ultralytics would try the connection first (up to 30 s per run
+    where the network drops packets) and only then notice it is offline. Its check of GPUs known to break
+    AMP still runs.
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics.engine import trainer as trainer_module
-    from ultralytics.utils import SETTINGS
+    from ultralytics.utils import SETTINGS, downloads, env_bool
 
     for key, value in (("sync", False), ("hub", False), ("wandb", False)):
         if key in SETTINGS and SETTINGS[key] != value:
@@ -39,12 +42,20 @@ def offline_safe() -> None:
 
     original = getattr(trainer_module.check_amp, "__wrapped_by_ablate__", trainer_module.check_amp)
 
+    def no_download(url: Any, *args: Any, **kwargs: Any) -> None:
+        raise ConnectionError(f"offline (YOLO_OFFLINE): {url} not downloaded")
+
     def check_amp(model: Any) -> bool:
+        fetch = downloads.safe_download
+        if env_bool("YOLO_OFFLINE"):
+            downloads.safe_download = no_download  # what ultralytics' asset download calls
         try:
             return original(model)
         except Exception as e:  # an offline machine cannot fetch the AMP check model
             log.warning("AMP self-check skipped (%s); keeping amp=True", e)
             return True
+        finally:
+            downloads.safe_download = fetch
 
     check_amp.__wrapped_by_ablate__ = original
     trainer_module.check_amp = check_amp

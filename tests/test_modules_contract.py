@@ -78,6 +78,7 @@ def test_finite_under_bf16_autocast_with_large_inputs(name: str, hw: tuple[int, 
     assert torch.isfinite(y).all()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast is checked on a GPU only")
 @pytest.mark.parametrize("name", NAMES)
 def test_finite_under_fp16_autocast_on_cuda(name: str) -> None:
