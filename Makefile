@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test lint format latency bench table status measure measure-bench table-bench overhead calibrate clean
+.PHONY: help install demo plan test lint format latency bench table status measure measure-bench table-bench overhead calibrate clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install ablate with dev extras (no-op when up to date)
 
-# the demo: baseline (added by the sweep) + five modules after the Detect inputs, embedded data, seeds 0-2,
-# all fine-tuning one base run (trained first); two jobs at a time with one thread each
-DEMO ?= +attn=rala,halo,tssa,fla,area +pos=neck dataset=shapes seed=0,1,2 hydra/launcher=joblib hydra.launcher.n_jobs=2
+# the demo: the experiment preset conf/experiment/demo.yaml (baseline added by the sweep + five modules
+# after the Detect inputs, embedded data, seeds 0-2, all fine-tuning one base run trained first; two jobs at
+# a time with one thread each). DEMO="experiment=demo seed=0" narrows it; any preset or overrides work.
+DEMO ?= experiment=demo
 
 demo: install  ## a small real ablation on the embedded data (baseline + 5 modules, 3 seeds), then the table
 	@start=$$(date +%s); \
@@ -27,6 +28,10 @@ demo: install  ## a small real ablation on the embedded data (baseline + 5 modul
 	status=$$?; \
 	$(BIN)/python -m ablate.report --results $(RESULTS) || status=$$?; \
 	echo "demo finished in $$(( $$(date +%s) - start )) s"; exit $$status
+
+EXPERIMENT ?= demo
+plan: install  ## the plan of a preset, run nothing: jobs, cached ones, wall-time estimate (EXPERIMENT=attn_zoo, ARGS="seed=0")
+	$(BIN)/python -m ablate experiment=$(EXPERIMENT) $(ARGS) results.dir=$(RESULTS) dry_run=true -m
 
 test: install  ## run the test suite
 	$(BIN)/python -m pytest

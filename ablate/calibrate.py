@@ -25,6 +25,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from . import overrides as hydra_overrides
 from .errors import AblateError
 from .experiment import experiment_from_config
 from .paths import CONF_DIR
@@ -71,8 +72,9 @@ class Calibration:
 
 def check_overrides(overrides: list[str]) -> None:
     for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key in _FORBIDDEN or key.startswith(("attn.", "pos.")) or o == "-m":
+        multirun = o in ("-m", "--multirun")
+        key = "" if multirun else hydra_overrides.key(o)
+        if multirun or key in _FORBIDDEN or key.startswith(("attn.", "pos.")):
             raise AblateError(
                 f"{o!r} is set by ablate.calibrate (it trains the baseline over --seeds); "
                 "valid: model, dataset and train overrides"
@@ -80,15 +82,24 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def datasets_of(overrides: list[str]) -> tuple[list[str | None], list[str]]:
-    """The datasets to calibrate (None: the config's own) and the overrides without ``dataset=``."""
-    given = [o.split("=", 1)[1] for o in overrides if o.startswith("dataset=")]
-    rest = [o for o in overrides if not o.startswith("dataset=")]
+    """The datasets to calibrate (None: the config's own) and the overrides without ``dataset=``.
+
+    ``dataset=a,b`` (or any Hydra sweep of the group) lists them; without one, the default sweep grid's."""
+    given = [o for o in overrides if hydra_overrides.key(o) == "dataset"]
+    rest = [o for o in overrides if o not in given]
     if given:
-        return [d.strip() for d in given[-1].split(",") if d.strip()], rest
-    if any(o.startswith("dataset.") for o in rest):  # a custom dataset.path: the config's own group
+        return [d for d in _dataset_choices(given[-1]) if d], rest
+    if any(hydra_overrides.key(o).startswith("dataset.") for o in rest):  # a custom dataset.path
         return [None], rest
     grid = OmegaConf.load(CONF_DIR / "config.yaml").hydra.sweeper.params.dataset
-    return [d.strip() for d in str(grid).split(",")], rest
+    return [d for d in _dataset_choices(f"dataset={grid}") if d], rest
+
+
+def _dataset_choices(override: str) -> list[str]:
+    values = [str(v) for v in hydra_overrides.values(override) or [] if v is not None]
+    if not values:
+        raise AblateError(f"{override!r} names no dataset; valid: dataset=NAME or dataset=NAME1,NAME2")
+    return values
 
 
 def sweep_command(

@@ -2,7 +2,11 @@
 
 User errors (unknown names, bad indices, missing files) print one line ``error: ...`` to stderr and
 exit with status 2, without a traceback and without writing results. In a multirun (``-m``) every job
-runs to an outcome (ok, cached or failed) and the sweep exits with status 1 when any job failed.
+runs to an outcome (ok, cached or failed) and the sweep exits with status 1 when any job failed: the CLI
+fixes the sweep directory before Hydra starts and reads the jobs' outcomes back from it at the end.
+``dry_run=true`` prints the plan (:mod:`ablate.plan`) without starting Hydra at all.
+
+This module is the top of the import graph: nothing in ablate imports it.
 """
 
 from __future__ import annotations
@@ -10,28 +14,32 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from . import launcher as _launcher  # noqa: F401 (registers ablate's SLURM launcher with Hydra)
-from . import plan, sweep
+from . import overrides, plan, sweepdir
+from . import sweep as _sweep  # noqa: F401 (registers ablate's sweeper with Hydra)
 from .errors import AblateError
 from .paths import CONF_DIR
 from .records import RunRecord
+from .sweepdir import summary_line
 
 if TYPE_CHECKING:
     from .experiment import Experiment
 
-GROUPS = ("model", "attn", "pos", "dataset", "train", "logger")
-_GROUP_OVERRIDE = re.compile(r"^[+~]{0,2}(?P<group>" + "|".join(GROUPS) + r")=(?P<value>[^()\[\]]*)$")
+GROUPS = ("model", "attn", "pos", "dataset", "train", "logger", "experiment")
+MULTIRUN_FLAGS = ("-m", "--multirun")
 
 log = logging.getLogger("ablate")
 
@@ -42,30 +50,21 @@ def group_options(group: str) -> list[str]:
 
 
 def check_group_overrides(argv: list[str]) -> None:
-    """Reject ``group=unknown`` with one line naming the valid options (Hydra's own message is long)."""
+    """Reject ``group=unknown`` (also inside a sweep, ``+attn=rala,nope``) with one line naming the valid
+    options (Hydra's own message is long). What Hydra cannot parse, or a ``glob()``, is left to Hydra."""
     for arg in argv:
-        m = _GROUP_OVERRIDE.match(arg)
-        if not m or m.group("value") in ("", "null"):
+        if arg.startswith("-"):  # Hydra's flags (-m, --cfg job, ...)
             continue
-        valid = group_options(m.group("group"))
-        for value in m.group("value").split(","):
-            if value.strip() not in valid:
-                raise AblateError(
-                    f"{m.group('group')}={value.strip()!r} is not valid; valid: {', '.join(valid)}"
-                )
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def summary_line(record: RunRecord, directory: Path) -> str:
-    """One line per finished run: what ran, its metrics and measures, where its files are."""
-    return (
-        f"{record.status}: {record.model} attn={record.attn} pos={record.pos} dataset={record.dataset} "
-        f"seed={record.seed} mAP50={_fmt(record.map50, '.3f')} mAP50-95={_fmt(record.map50_95, '.3f')} "
-        f"params={_fmt(record.params, ',')} GFLOPs={_fmt(record.gflops, '.2f')} -> {directory}"
-    )
+        try:
+            o = overrides.parse(arg)
+        except AblateError:  # Hydra reports its own syntax errors
+            continue
+        if o.key_or_group not in GROUPS or o.package is not None:
+            continue
+        valid = group_options(o.key_or_group)
+        for value in overrides.values(o) or []:
+            if value not in ("", None) and value not in valid:
+                raise AblateError(f"{o.key_or_group}={str(value)!r} is not valid; valid: {', '.join(valid)}")
 
 
 def fail(message: str) -> None:
@@ -73,12 +72,53 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def _uid() -> str:
-    return os.urandom(3).hex()
+@dataclass
+class Command:
+    """What ``python -m ablate ARGS`` asks for, read before Hydra starts (:func:`read_command`)."""
+
+    overrides: list[str]
+    multirun: bool
+    plan: plan.Plan | None = None  # dry_run=true: the plan to print instead of running anything
+    sweep_dir: Path | None = None  # a multirun's sweep directory, fixed for Hydra (see pinned_argv)
 
 
-# ${ablate_uid:} in hydra.{run,sweep}.dir: cached per config, so every job of a sweep sees the same value
-OmegaConf.register_new_resolver("ablate_uid", _uid, use_cache=True, replace=True)
+def read_command(argv: list[str]) -> Command | None:
+    """Compose ``argv``'s config as Hydra will: a dry run's plan, or a multirun's sweep directory.
+
+    None when Hydra must take the command line alone: Hydra flags besides ``-m`` (``--help``, ``--cfg``,
+    ``-cd``, ...), or overrides Hydra cannot compose (Hydra then says why, in its own words).
+
+    Raises:
+        AblateError: the plan cannot be made (e.g. a position scan over a model without such layers).
+    """
+    multirun = any(a in MULTIRUN_FLAGS for a in argv)
+    given = [a for a in argv if a not in MULTIRUN_FLAGS]
+    if any(a.startswith("-") for a in given):
+        return None
+    try:
+        with plan.composed_command(given) as (config, loader):
+            multirun = multirun or config.hydra.mode == RunMode.MULTIRUN
+            command = Command(given, multirun)
+            if bool(config.get("dry_run", False)):
+                task = [str(o) for o in config.hydra.overrides.task]
+                if not multirun and any(overrides.parse(o).is_sweep_override() for o in task):
+                    return None  # Hydra: a sweep needs -m
+                command.plan = plan.plan_composed(config, loader, multirun)
+            elif multirun:
+                command.sweep_dir = Path(str(config.hydra.sweep.dir))
+            return command
+    except (HydraException, OmegaConfBaseException) as e:
+        log.debug("Hydra takes the command line alone: %s: %s", type(e).__name__, e)
+        return None
+
+
+def pinned_argv(argv: list[str], sweep_dir: Path) -> list[str]:
+    """``argv`` with ``hydra.sweep.dir`` set to ``sweep_dir`` (resolved once, so that the time and uid in
+    its name are those the CLI reads the outcomes from), replacing any ``hydra.sweep.dir`` it had."""
+    kept = [a for a in argv if a.startswith("-") or overrides.key(a) != "hydra.sweep.dir"]
+    # beside the other overrides: argparse takes no override after a flag that follows overrides
+    at = max((i + 1 for i, a in enumerate(kept) if not a.startswith("-")), default=len(kept))
+    return [*kept[:at], f"hydra.sweep.dir={overrides.quote(str(sweep_dir))}", *kept[at:]]
 
 
 def in_multirun() -> bool:
@@ -88,7 +128,7 @@ def in_multirun() -> bool:
 def job_label(cfg: DictConfig) -> str:
     """``[3/12]`` for the third of twelve jobs of a sweep."""
     hc = HydraConfig.get()
-    total = sweep.sweep_info(Path(hc.sweep.dir)).get("total", "?")
+    total = sweepdir.sweep_info(Path(hc.sweep.dir)).get("total", "?")
     return f"[{int(hc.job.num) + 1}/{total}]"
 
 
@@ -124,7 +164,7 @@ def run_job(cfg: DictConfig) -> float | None:
     if cfg.get("dry_run", False):  # one run's plan: cached or not, and its estimate; nothing runs
         overrides = list(HydraConfig.get().overrides.task)
         try:
-            plan.LAST_PLAN = plan.make_plan([overrides], compose_overrides, add_baselines=False)
+            print(plan.format_plan(plan.make_plan([overrides], compose_overrides, add_baselines=False)))
         except AblateError as e:
             fail(str(e))
         return None
@@ -168,7 +208,7 @@ def sweep_job(cfg: DictConfig) -> float | None:
     label = job_label(cfg)
     print(f"{label} {' '.join(overrides)}", flush=True)
     start = time.perf_counter()
-    outcome = sweep.JobOutcome(status="failed", overrides=overrides)
+    outcome = sweepdir.JobOutcome(status="failed", overrides=overrides)
     record = None
     try:
         place_job(cfg)
@@ -188,21 +228,26 @@ def sweep_job(cfg: DictConfig) -> float | None:
         outcome.error = f"{type(e).__name__}: {e}"
         log.exception("job %s failed", label)
     outcome.seconds = round(time.perf_counter() - start, 2)
-    sweep.write_outcome(Path(hc.runtime.output_dir), outcome)
+    sweepdir.write_outcome(Path(hc.runtime.output_dir), outcome)
     detail = outcome.summary or f"{outcome.status}: {outcome.error}"
     print(f"{label} {outcome.status} in {outcome.seconds:.1f}s: {detail}", flush=True)
     return record.map50_95 if record is not None else None
 
 
 def main() -> None:
+    argv = sys.argv[1:]
+    command = None
     try:
-        check_group_overrides(sys.argv[1:])
+        check_group_overrides(argv)
+        command = read_command(argv)
     except AblateError as e:
         fail(str(e))
-    sweep.LAST_SWEEP = None
-    plan.LAST_PLAN = None
+    if command is not None and command.plan is not None:  # dry_run=true: the plan; nothing else happens
+        print(plan.format_plan(command.plan))
+        return
+    sweep_dir = command.sweep_dir if command is not None else None
+    if sweep_dir is not None:
+        sys.argv = [sys.argv[0], *pinned_argv(argv, sweep_dir)]
     run_job()
-    if plan.LAST_PLAN is not None:  # dry_run=true: the plan, and nothing else happened
-        print(plan.format_plan(plan.LAST_PLAN))
-    if sweep.LAST_SWEEP is not None and sweep.LAST_SWEEP.failed:
+    if sweep_dir is not None and sweepdir.read_outcomes(sweep_dir).failed:
         sys.exit(1)

@@ -32,6 +32,8 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf  # noqa: 
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from .sweepdir import OUTCOME_JSON, JobOutcome, job_dir, write_outcome  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 # a task that ended without a result file may still get one this late (network filesystems); the lost
@@ -139,8 +141,6 @@ class AblateSlurmLauncher(SlurmLauncher):
         ) as e:  # submitit's FailedJobError (the function raised on the node), unreadable result
             reason = lost_reason(job, e)
         log.error("job #%d lost: %s", number, reason)
-        from .sweep import OUTCOME_JSON, JobOutcome, job_dir, write_outcome
-
         assert self.hydra_context is not None and self.config is not None
         directory = job_dir(
             self.hydra_context.config_loader.load_sweep_config(self.config, overrides), number

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -27,15 +26,13 @@ from typing import IO, Any
 
 from omegaconf import DictConfig
 
-from .progress import PROGRESS_JSON, Redirect, flush_std, set_terminal_view
+from . import overrides
+from .progress import Redirect, flush_std, set_terminal_view
 from .records import read_json
-from .sweep import OUTCOME_JSON, is_baseline, sweep_info
+from .sweepdir import OUTCOME_JSON, OUTCOMES, PROGRESS_JSON, SWEEP_LOG, job_number, summary_map, sweep_info
 
 log = logging.getLogger(__name__)
 
-SWEEP_LOG = "sweep.log"
-FINISHED = ("ok", "cached", "failed")
-_MAP = re.compile(r"mAP50-95=[0-9.]+")
 MAX_ROWS = 12  # running jobs listed in the terminal view (the rest as "... and N more")
 
 # ---------------------------------------------------------------------------------------------------------
@@ -59,12 +56,12 @@ class JobState:
 
     @property
     def finished(self) -> bool:
-        return self.status in FINISHED
+        return self.status in OUTCOMES
 
     def metric(self) -> str:
         """`` mAP50-95=0.412`` from a finished job's summary line ("" when it has none)."""
-        found = _MAP.search(self.summary or "")
-        return f" {found.group(0)}" if found else ""
+        found = summary_map(self.summary)
+        return f" mAP50-95={found}" if found is not None else ""
 
     def step(self) -> str:
         """``epoch 3/8`` while training, else the phase (starting, preparing data, evaluating, ...)."""
@@ -103,7 +100,7 @@ class SweepState:
                 seen_progress[num] = data
         outcomes = {}
         for path in self.sweep_dir.glob(f"*/{OUTCOME_JSON}"):
-            num = _job_num(None, path.parent.name)  # job directories are named by job number
+            num = job_number(path.parent.name)  # job directories are named by job number
             if num is None or (num in self.jobs and self.jobs[num].finished):
                 continue
             data = read_json(path)
@@ -126,7 +123,7 @@ class SweepState:
             job = self._job(num)
             job.status = str(data.get("status") or "failed")
             job.seconds, job.error, job.summary = data.get("seconds"), data.get("error"), data.get("summary")
-            if job.status not in FINISHED:
+            if job.status not in OUTCOMES:
                 job.status = "failed"
             events.append(Event("finished", job))
         self.max_parallel = max(self.max_parallel, self.count("running"))
@@ -201,11 +198,12 @@ class SweepState:
 
 
 def _job_num(value: Any, name: str) -> int | None:
+    """A progress file's job number (its ``job`` field, else its directory's name)."""
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.isdigit():
         return int(value)
-    return int(name) if name.isdigit() else None
+    return job_number(name)
 
 
 def clock(seconds: float) -> str:
@@ -218,19 +216,18 @@ def clock(seconds: float) -> str:
 def job_labels(jobs: list[list[str]]) -> list[str]:
     """A short name per job: the overrides that tell it from the sweep's other jobs (``+attn=rala
     seed=1``), ``baseline`` for a job without attention, ``base run`` for a warm-start base job."""
-    parsed = [dict(o.split("=", 1) if "=" in o else (o, "") for o in job) for job in jobs]
+    by_key = [{overrides.key(o): o for o in job} for job in jobs]  # key -> the override that sets it
     keys: list[str] = []
-    for job in parsed:
+    for job in by_key:
         keys += [k for k in job if k not in keys]
-    varying = [k for k in keys if len({job.get(k) for job in parsed}) > 1]
+    varying = [k for k in keys if len({job.get(k) for job in by_key}) > 1]
     labels = []
-    for raw, job in zip(jobs, parsed, strict=True):
-        if job.get("action") == "base" or job.get("+action") == "base":
-            parts = ["base run"] + [f"{k}={job[k]}" for k in varying if k in job and k != "action"]
-        else:
-            parts = [f"{k}={job[k]}" for k in varying if k in job]
-            if is_baseline(raw):
-                parts.insert(0, "baseline")
+    for raw, job in zip(jobs, by_key, strict=True):
+        parts = [job[k] for k in varying if k in job]
+        if overrides.sets(raw, "action", "base"):
+            parts = ["base run"] + [job[k] for k in varying if k in job and k != "action"]
+        elif overrides.is_baseline(raw):
+            parts.insert(0, "baseline")
         labels.append(" ".join(parts) or "job")
     return labels
 

@@ -1,9 +1,12 @@
 """The plan of a sweep: which jobs run, which are cached, which baselines and base runs it adds, and how
 long it should take.
 
-:func:`make_plan` is the one place that decides this. :class:`ablate.sweep.AblateSweeper` launches the
-plan's jobs that are not cached (their ``cached`` outcomes are written before anything is submitted), and
-``dry_run=true`` prints the plan (:func:`format_plan`) instead: nothing is trained, nothing is launched.
+:func:`make_plan` is the one place that decides this, and :func:`plan_sweep` the one place that turns a
+multirun's config and command line into its jobs (``hydra.sweeper.params`` × the command line's sweeps,
+as Hydra's basic sweeper expands them, then position scans). :class:`ablate.sweep.AblateSweeper` launches
+the plan's jobs that are not cached (their ``cached`` outcomes are written before anything is submitted);
+``dry_run=true`` makes the CLI print the plan (:func:`format_plan` of :func:`plan_command`) instead:
+nothing is trained, nothing is launched, no sweep directory is made.
 
 A job is cached when its run key (:attr:`ablate.experiment.Experiment.key`, as the job computes it) has an
 ``ok`` record in the results root and ``force`` is false, exactly the test the job itself makes
@@ -17,9 +20,8 @@ import contextlib
 import copy
 import logging
 import os
-import re
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,16 +29,21 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from . import overrides
 from .errors import AblateError
+from .paths import CONF_DIR
 from .records import RECORD, RUNS, RunRecord, read_json, read_record, run_dir
+from .scan import expand_scans
 
 if TYPE_CHECKING:
     from .experiment import Experiment
 
 log = logging.getLogger(__name__)
 
-# overrides a base job sets itself (the job's own are dropped)
-_BASE_JOB_KEYS = re.compile(r"^[+~]*(action|train\.base\.seed|train\.base\.candidates)$")
+# keys a base job sets itself (the job's own overrides of them are dropped)
+BASE_JOB_KEYS = ("action", "train.base.seed", "train.base.candidates")
+# keys the dry run's listing leaves out (the same for every job, or where files go)
+_HIDDEN = ("dry_run", "results.dir", "data.dir")
 
 Loader = Callable[[list[str]], DictConfig]  # a job's overrides -> its composed config
 
@@ -154,6 +161,54 @@ def make_plan(
     return plan
 
 
+def plan_sweep(config: DictConfig, arguments: list[str], load: Loader, config_loader: Any = None) -> Plan:
+    """The plan of a multirun: its jobs are ``hydra.sweeper.params`` of its primary ``config`` × the command
+    line's task overrides ``arguments`` (Hydra's basic sweeper's expansion, a command-line key replacing the
+    params' one), then every ``+pos=scan`` job expanded to its layer indices. ``config_loader`` lets
+    ``glob()`` list a group's options."""
+    params = config.hydra.sweeper.get("params") or {}
+    swept = [f"{k}={v}" for k, v in params.items()]
+    jobs = expand_scans(overrides.expand([*swept, *arguments], config_loader), load)
+    return make_plan(jobs, load, launcher_parallelism(config.hydra.get("launcher")))
+
+
+@contextlib.contextmanager
+def composed_command(command_line: list[str]) -> Iterator[tuple[DictConfig, Any]]:
+    """The primary config of ``python -m ablate COMMAND_LINE`` (overrides only, no flags), composed as
+    Hydra composes a multirun's (the ``hydra`` node included, sweeps kept as its task overrides), and the
+    config loader that composes its jobs (``load_sweep_config``). Valid inside the ``with`` block."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        config = loader.load_configuration(
+            "config", list(command_line), run_mode=RunMode.MULTIRUN, validate_sweep_overrides=False
+        )
+        yield config, loader
+
+
+def plan_composed(config: DictConfig, config_loader: Any, multirun: bool) -> Plan:
+    """The plan of a composed command line (:func:`composed_command`): the multirun's jobs, or the single
+    run alone (no baselines added)."""
+    task = [str(o) for o in config.hydra.overrides.task]
+
+    def load(job: list[str]) -> DictConfig:
+        return config_loader.load_sweep_config(config, list(job))
+
+    if multirun:
+        return plan_sweep(config, task, load, config_loader)
+    return make_plan([task], load, add_baselines=False)
+
+
+def plan_command(command_line: list[str], multirun: bool = True) -> Plan:
+    """What ``python -m ablate COMMAND_LINE [-m] dry_run=true`` prints the plan of: composed here as Hydra
+    composes it, nothing is launched and nothing is written."""
+    with composed_command(command_line) as (config, loader):
+        return plan_composed(config, loader, multirun)
+
+
 class _Experiments:
     """Each job's Experiment, composed once (None and the error when its configuration is bad)."""
 
@@ -189,33 +244,43 @@ def without_devices(cfg: DictConfig) -> DictConfig:
 def missing_baselines(
     jobs: list[list[str]], load: Loader, experiments: _Experiments | None = None
 ) -> list[list[str]]:
-    """Baseline jobs the sweep needs and neither it nor the results root already has (deduplicated)."""
-    from .sweep import baseline_overrides, is_baseline
+    """Baseline jobs the sweep needs and neither it nor the results root already has (deduplicated).
 
+    Raises:
+        AblateError: a job's overrides without its attention and placement still compose a model with
+            attention (an experiment preset that selects ``attn`` in its defaults list instead of
+            ``+attn`` in ``hydra.sweeper.params``): its baseline cannot be added.
+    """
     experiments = experiments or _Experiments(load)
     if not jobs or not bool(load(jobs[0]).get("baseline", True)):
         return []
     in_sweep: set[str] = set()
     for job in jobs:
-        if is_baseline(job):
+        if overrides.is_baseline(job):
             exp, _ = experiments.get(job)
             if exp is not None:
                 in_sweep.add(exp.key)
     added: dict[str, list[str]] = {}
     for job in jobs:
-        if is_baseline(job):
+        if overrides.is_baseline(job):
             continue
-        overrides = baseline_overrides(job)
-        exp, _ = experiments.get(overrides)
+        baseline = overrides.baseline_overrides(job)
+        exp, _ = experiments.get(baseline)
         if exp is None:
             continue
         key = exp.baseline().key
         if key in in_sweep or key in added:
             continue
+        if exp.key != key:
+            raise AblateError(
+                f"the baseline of job {' '.join(job)} would be {' '.join(baseline) or '(defaults)'}, which "
+                f"still has attention ({exp.key}, not {key}): select attn and pos with +attn / +pos "
+                "overrides (in an experiment preset: in hydra.sweeper.params), not in a defaults list"
+            )
         previous = read_record(run_dir(exp.results_dir, key))
         if previous is not None and previous.status == "ok":
             continue
-        added[key] = overrides
+        added[key] = baseline
     return list(added.values())
 
 
@@ -224,15 +289,13 @@ def missing_bases(
 ) -> list[list[str]]:
     """``action=base`` jobs for the warm-start base candidates the jobs need and the results root lacks
     (one job per candidate, so that a launcher trains them side by side)."""
-    from .sweep import baseline_overrides
-
     experiments = experiments or _Experiments(load)
     added: dict[str, list[str]] = {}
     for job in jobs:
         exp, _ = experiments.get(job)
         if exp is None or not exp.warm:
             continue
-        keep = [o for o in baseline_overrides(job) if not _BASE_JOB_KEYS.match(o.split("=", 1)[0])]
+        keep = overrides.without(overrides.baseline_overrides(job), BASE_JOB_KEYS)
         for candidate in exp.base_candidates():
             if candidate.key in added:
                 continue
@@ -307,26 +370,23 @@ def _duration(seconds: float | None) -> str:
 
 def format_plan(plan: Plan) -> str:
     """The dry run's report: every job with its role, whether it runs or is cached, and its estimate."""
-    from .sweep import is_baseline
-
     lines = [
         f"dry run: {len(plan.jobs)} job(s): {len(plan.to_run)} to run, {len(plan.cached)} cached; "
         f"{plan.added('baseline')} baseline(s) and {plan.added('base')} base run(s) added "
         "(nothing is trained or launched)"
     ]
-    hidden = ("dry_run", "results.dir", "data.dir")
     common = [
         o
-        for o in (plan.jobs[0].overrides if plan.jobs else [])
-        if all(o in j.overrides for j in plan.jobs) and o.split("=", 1)[0].lstrip("+~") not in hidden
+        for o in overrides.without(plan.jobs[0].overrides if plan.jobs else [], _HIDDEN)
+        if all(o in j.overrides for j in plan.jobs)
     ]
     if common and len(plan.jobs) > 1:
         lines.append(f"  every job: {' '.join(common)}")
     width = len(str(len(plan.jobs)))
     for number, job in enumerate(plan.jobs, 1):
         status = "cached" if job.cached else "run"
-        role = job.role if job.role != "job" or not is_baseline(job.overrides) else "job (baseline)"
-        own = [o for o in job.overrides if o.split("=", 1)[0].lstrip("+~") not in hidden]
+        role = job.role if job.role != "job" or not overrides.is_baseline(job.overrides) else "job (baseline)"
+        own = overrides.without(job.overrides, _HIDDEN)
         what = " ".join(o for o in own if o not in common or len(plan.jobs) == 1) or "(defaults)"
         time = (
             "" if job.cached else f"  {'~' if job.estimate_s is not None else ''}{_duration(job.estimate_s)}"
@@ -349,7 +409,3 @@ def format_plan(plan: Plan) -> str:
     else:
         lines.append("nothing to run: every job is cached")
     return "\n".join(lines)
-
-
-# the plan of the last dry run in this process (printed by the CLI)
-LAST_PLAN: Plan | None = None

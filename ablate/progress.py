@@ -2,7 +2,7 @@
 
 Every job of a multirun writes ``progress.json`` into its Hydra job directory (:class:`JobProgress`, a
 Hydra callback, at its start; ultralytics callbacks at every epoch, :func:`progress_callbacks`; the
-phases of a run, :func:`report`). :mod:`ablate.live` reads these files back in the submitting process.
+phases of a run, :func:`update`). :mod:`ablate.live` reads these files back in the submitting process.
 
 When jobs run side by side (joblib, submitit or any launcher but Hydra's basic one), or the live view
 owns the terminal, each job's stdout and stderr (ultralytics' progress bars and tables) go to the job's
@@ -27,10 +27,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .records import write_json_atomic
+from .sweepdir import PROGRESS_JSON
 
 log = logging.getLogger(__name__)
-
-PROGRESS_JSON = "progress.json"
 
 # ---------------------------------------------------------------------------------------------------------
 # progress.json of the job this process runs (one at a time per process, whatever the launcher)
@@ -67,7 +66,7 @@ def start_job(job_dir: Path, job: int | str) -> None:
     _write_progress()
 
 
-def report(**fields: Any) -> None:
+def update(**fields: Any) -> None:
     """Update this process's ``progress.json`` (no-op outside a sweep job, e.g. a single run)."""
     if _progress_path is None:
         return
@@ -78,7 +77,7 @@ def report(**fields: Any) -> None:
 def end_job(status: str = "done") -> None:
     """The job's task returned: its last progress update (its outcome says how it went)."""
     global _progress_path
-    report(status=status, phase=status)
+    update(status=status, phase=status)
     _progress_path = None
 
 
@@ -94,13 +93,13 @@ def progress_callbacks() -> dict[str, list[Callable[[Any], None]]]:
     """ultralytics callbacks that report the epoch being trained (``epoch 3/8``) to ``progress.json``."""
 
     def epoch_start(trainer: Any) -> None:
-        report(phase="training", epoch=int(trainer.epoch) + 1, epochs=int(trainer.epochs))
+        update(phase="training", epoch=int(trainer.epoch) + 1, epochs=int(trainer.epochs))
 
     return {
-        "on_pretrain_routine_start": [lambda trainer: report(phase="setting up training")],
-        "on_train_start": [lambda trainer: report(phase="training", epochs=int(trainer.epochs))],
+        "on_pretrain_routine_start": [lambda trainer: update(phase="setting up training")],
+        "on_train_start": [lambda trainer: update(phase="training", epochs=int(trainer.epochs))],
         "on_train_epoch_start": [epoch_start],
-        "on_train_end": [lambda trainer: report(phase="evaluating")],
+        "on_train_end": [lambda trainer: update(phase="evaluating")],
     }
 
 

@@ -307,16 +307,16 @@ def run_locked(
     tracker = start_run(record, exp.logger, exp.results_dir, config)  # logger=none: a no-op tracker
     try:
         if exp.action == "train":
-            progress.report(phase="preparing data")  # a sweep job's progress.json (no-op in a single run)
+            progress.update(phase="preparing data")  # a sweep job's progress.json (no-op in a single run)
             data_yaml = materialize_dataset(exp)
             trained = train(exp, data_yaml, directory, transfer, tracker)
             record.update({**trained, "timings": {**record.timings, **trained["timings"]}})
             if exp.measure.get("coco_eval", True) and exp.role != "base":  # a base run is not tabulated
-                progress.report(phase="evaluating")
+                progress.update(phase="evaluating")
                 record.update(evaluate(exp, data_yaml, directory))
         from .measure.cost import cost_fields
 
-        progress.report(phase="measuring cost")
+        progress.update(phase="measuring cost")
 
         record.update(cost_fields(model, int(exp.measure["imgsz"])))
         record.status = "ok"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import overrides
 from .errors import AblateError
 
 log = logging.getLogger(__name__)
@@ -18,18 +19,10 @@ log = logging.getLogger(__name__)
 SCAN = "scan"
 
 
-def _key_value(override: str) -> tuple[str, str, str]:
-    """(prefix ``+``/``~``/``++``, key, value) of a Hydra override."""
-    key, _, value = override.partition("=")
-    bare = key.lstrip("+~")
-    return key[: len(key) - len(bare)], bare, value
-
-
 def scan_index(job: list[str]) -> int | None:
     """Position of the ``pos=scan`` override in ``job`` (None when the job is no scan)."""
     for i, o in enumerate(job):
-        _, key, value = _key_value(o)
-        if key == "pos" and value.strip() == SCAN:
+        if overrides.key(o) == "pos" and overrides.values(o) == [SCAN]:
             return i
     return None
 
@@ -63,8 +56,8 @@ def expand_scans(jobs: list[list[str]], load: Callable[[list[str]], DictConfig])
             out.append(job)
             continue
         layers = scan_layers(load(job))
-        prefix = _key_value(job[at])[0]
-        rest = [o for i, o in enumerate(job) if i != at and _key_value(o)[1] != "pos.layers"]
+        prefix = overrides.prefix(job[at])
+        rest = overrides.without([o for i, o in enumerate(job) if i != at], ["pos.layers"])
         out += [[*rest, f"{prefix}pos=custom", f"pos.layers=[{i}]"] for i in layers]
         log.info("position scan: %d layer indices (%s)", len(layers), ", ".join(map(str, layers)))
     return out

@@ -24,16 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import overrides
+from .errors import AblateError
 from .live import clock, job_labels
-from .progress import PROGRESS_JSON
 from .records import read_json
-from .sweep import OUTCOME_JSON, sweep_info
+from .sweepdir import MULTIRUN_YAML, PROGRESS_JSON, read_outcome, sweep_dirs, sweep_info
 
-SWEEP_GLOB = "multirun-*"
 STALE_S = 600  # a job on another host whose progress file is older than this counts as missing
 # launcher settings of the original sweep that a completing run must not reuse
-_NOT_REPEATED = ("hydra.mode=", "hydra.sweep.dir=", "hydra.run.dir=", "hydra.sweep.subdir=")
-_UNFOLDABLE = set(",[]{}()'\" \\:$")  # a value with these stays a separate command (Hydra syntax)
+_NOT_REPEATED = ("hydra.mode", "hydra.sweep.dir", "hydra.run.dir", "hydra.sweep.subdir")
 
 
 @dataclass
@@ -64,11 +63,6 @@ class SweepStatus:
         return all(j.status in ("ok", "cached") for j in self.jobs)
 
 
-def sweep_dirs(results: Path) -> list[Path]:
-    """The sweeps of a results root, oldest first (their names start with the start time)."""
-    return sorted(p for p in (Path(results) / "hydra").glob(SWEEP_GLOB) if (p / "sweep.json").is_file())
-
-
 def sweep_status(sweep_dir: Path, results: Path | None = None, now: float | None = None) -> SweepStatus:
     """Read one sweep directory: each job's state, and the completing commands."""
     now = time.time() if now is None else now
@@ -80,12 +74,10 @@ def sweep_status(sweep_dir: Path, results: Path | None = None, now: float | None
     for num in range(total):
         job_dir = Path(sweep_dir) / str(num)
         overrides = listed[num] if num < len(listed) else []
-        outcome = read_json(job_dir / OUTCOME_JSON)
-        if isinstance(outcome, dict):
-            state = str(outcome.get("status") or "failed")
-            job = Job(
-                num, labels[num], list(outcome.get("overrides") or overrides), state, outcome.get("error")
-            )
+        outcome = read_outcome(job_dir)
+        if outcome is not None:
+            state = str(outcome.status or "failed")
+            job = Job(num, labels[num], list(outcome.overrides or overrides), state, outcome.error)
             if state not in ("ok", "cached"):
                 job.status = "failed"
         else:
@@ -130,13 +122,13 @@ def completing_commands(status: SweepStatus, results: Path | None = None) -> lis
     if not todo:
         return []
     # a warm-start base job is added again by the sweep of the jobs that need it
-    others = [o for o in todo if "action=base" not in o]
+    others = [o for o in todo if not overrides.sets(o, "action", "base")]
     todo = others or todo
     extra = launcher_overrides(status.sweep_dir)
     commands = []
     for group in fold(todo):
-        if results is not None and not any(o.lstrip("+~").startswith("results.dir=") for o in group):
-            group.append(f"results.dir={results}")
+        if results is not None and not overrides.sets(group, "results.dir"):
+            group.append(f"results.dir={overrides.quote(str(results))}")
         commands.append(shlex.join(["python", "-m", "ablate", *group, *extra, "-m"]))
     return commands
 
@@ -145,7 +137,7 @@ def launcher_overrides(sweep_dir: Path) -> list[str]:
     """The original sweep's Hydra overrides (launcher and its settings), from its ``multirun.yaml``."""
     from omegaconf import OmegaConf
 
-    path = Path(sweep_dir) / "multirun.yaml"
+    path = Path(sweep_dir) / MULTIRUN_YAML
     if not path.is_file():
         return []
     try:
@@ -153,19 +145,15 @@ def launcher_overrides(sweep_dir: Path) -> list[str]:
         hydra = list(OmegaConf.select(cfg, "hydra.overrides.hydra", default=[]) or [])
     except Exception:  # an unreadable multirun.yaml: the jobs' own overrides still complete the sweep
         return []
-    return [str(o) for o in hydra if not str(o).startswith(_NOT_REPEATED)]
+    return [str(o) for o in hydra if overrides.key(str(o)) not in _NOT_REPEATED]
 
 
 def fold(jobs: list[list[str]]) -> list[list[str]]:
     """Jobs' override lists folded into as few Hydra sweeps as cover exactly those jobs: two groups that
-    differ in one key's values only become one (``seed=0`` and ``seed=1`` → ``seed=0,1``)."""
-    groups: list[dict[str, list[str | None]]] = []
-    for job in jobs:
-        group: dict[str, list[str | None]] = {}
-        for o in job:
-            key, value = o.split("=", 1) if "=" in o else (o, None)
-            group[key] = [value]
-        groups.append(group)
+    differ in one key's values only become one (``seed=0`` and ``seed=1`` → ``seed=0,1``). Only values
+    that Hydra reads back as the same sweep fold (a list such as ``pos.layers=[6,8]`` never does)."""
+    # per job: the key each override sets -> its overrides' texts (several when a group folded)
+    groups: list[dict[str, list[str]]] = [{overrides.key(o): [o] for o in job} for job in jobs]
     merged = True
     while merged:
         merged = False
@@ -173,28 +161,45 @@ def fold(jobs: list[list[str]]) -> list[list[str]]:
             for j in range(i + 1, len(groups)):
                 key = _only_difference(groups[i], groups[j])
                 if key is not None:
-                    groups[i][key] += [v for v in groups[j][key] if v not in groups[i][key]]
+                    groups[i][key] += [o for o in groups[j][key] if o not in groups[i][key]]
                     del groups[j]
                     merged = True
                     break
             if merged:
                 break
-    return [
-        [k if v == [None] else f"{k}={','.join(str(x) for x in v)}" for k, v in g.items()] for g in groups
-    ]
+    return [[_sweep(texts) or texts[0] for texts in g.values()] for g in groups]
 
 
-def _only_difference(a: dict[str, list[str | None]], b: dict[str, list[str | None]]) -> str | None:
-    """The one key whose values differ between two groups (same keys otherwise), when it can be folded."""
+def _only_difference(a: dict[str, list[str]], b: dict[str, list[str]]) -> str | None:
+    """The one key whose overrides differ between two groups (same keys otherwise), when it can fold."""
     if a.keys() != b.keys():
         return None
     differ = [k for k in a if a[k] != b[k]]
     if len(differ) != 1:
         return None
-    values = a[differ[0]] + b[differ[0]]
-    if any(v is None or not v or set(v) & _UNFOLDABLE for v in values):
+    texts = a[differ[0]] + [o for o in b[differ[0]] if o not in a[differ[0]]]
+    return differ[0] if _sweep(texts) is not None else None
+
+
+def _sweep(texts: list[str]) -> str | None:
+    """One override sweeping over the single values of ``texts`` (``seed=0``, ``seed=1`` → ``seed=0,1``;
+    one text: that text), or None when Hydra would not read it back as exactly those values (lists,
+    dicts, sweeps, deletions, different prefixes)."""
+    if len(texts) == 1:
+        return texts[0]
+    parsed = [overrides.parse(t) for t in texts]
+    elements = {o.get_key_element() for o in parsed}
+    if len(elements) != 1 or any(o.is_sweep_override() or o.is_delete() for o in parsed):
         return None
-    return differ[0]
+    if any(isinstance(o.value(), list | dict) for o in parsed):
+        return None
+    values = [o.get_value_element_as_str() for o in parsed]
+    text = f"{elements.pop()}={','.join(values)}"
+    try:
+        read_back = overrides.choices(text)
+    except AblateError:  # not an override Hydra reads
+        return None
+    return text if read_back == values else None
 
 
 def format_status(status: SweepStatus, results: Path | None = None) -> str:

@@ -1,20 +1,18 @@
-"""Sweeps: the job list with auto-baselines, per-job outcomes, and the end-of-multirun summary.
+"""Sweeps: the sweeper that launches a plan, and the end-of-multirun summary.
 
 ``python -m ablate +attn=rala +pos=neck -m`` expands ``hydra.sweeper.params`` (datasets × seeds by default)
-and command-line sweeps into jobs. :class:`AblateSweeper` adds, once per (model, dataset, seed, training
-settings), the matching baseline job when the results root has no ``ok`` record for it, and runs the
-baselines first. Every job writes ``outcome.json`` into its Hydra job directory; at the end
-:class:`SweepSummary` reads them all (whatever launcher ran the jobs), refreshes ``runs.csv``, prints a
-summary, and marks the sweep failed when any job failed so that the CLI exits non-zero.
+and command-line sweeps into jobs. :class:`AblateSweeper` launches the plan of :func:`ablate.plan.plan_sweep`:
+once per (model, dataset, seed, training settings) the matching baseline job when the results root has no
+``ok`` record for it, warm-start base runs first, cached jobs never. Every job writes ``outcome.json`` into
+its job directory (the sweep directory's protocol: :mod:`ablate.sweepdir`); at the end
+:class:`SweepSummary` reads them all (whatever launcher ran the jobs), runs the measurement phase,
+refreshes ``runs.csv`` and prints a summary. The CLI reads the same outcomes for its exit status.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import re
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,74 +20,27 @@ from hydra.core.plugins import Plugins
 
 Plugins.instance()  # scan plugins first: the scan re-executes plugin modules, basic_sweeper included
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # noqa: E402
-from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
 from hydra.core.utils import JobReturn  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
-from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from .records import read_json, run_dir, write_json_atomic  # noqa: E402
-from .scan import expand_scans  # noqa: E402
+from .launcher import executor_for  # noqa: E402
+from .live import watch_sweep  # noqa: E402
+from .plan import Plan, format_plan, plan_sweep  # noqa: E402
+from .records import run_dir  # noqa: E402
+from .sweepdir import (  # noqa: E402
+    MULTIRUN_YAML,
+    JobOutcome,
+    SweepResult,
+    format_result,
+    job_dir,
+    read_outcomes,
+    summary_line,
+    write_outcome,
+    write_sweep_info,
+)
 
 log = logging.getLogger(__name__)
-
-SWEEP_JSON = "sweep.json"
-OUTCOME_JSON = "outcome.json"
-# overrides that choose the attention and its placement; a job without them is its own baseline
-_PLACEMENT_KEY = re.compile(r"^[+~]*(attn|pos)(\.|$)")
-# overrides that never apply to an auto-added baseline
-_NOT_FOR_BASELINE = re.compile(r"^[+~]*(force|baseline)$")
-
-
-@dataclass
-class JobOutcome:
-    """What one job did: ``ok``, ``cached`` or ``failed`` (``error`` says why)."""
-
-    status: str
-    overrides: list[str]
-    key: str | None = None
-    error: str | None = None
-    seconds: float | None = None
-    summary: str | None = None
-
-
-@dataclass
-class SweepResult:
-    """The outcomes of one multirun, read back from its job directories."""
-
-    sweep_dir: Path
-    outcomes: list[JobOutcome] = field(default_factory=list)
-    expected: int = 0
-
-    def count(self, status: str) -> int:
-        return sum(o.status == status for o in self.outcomes)
-
-    @property
-    def missing(self) -> int:
-        """Jobs that left no outcome (killed, or their launcher lost them)."""
-        return max(0, self.expected - len(self.outcomes))
-
-    @property
-    def failed(self) -> bool:
-        return self.count("failed") > 0 or self.missing > 0
-
-
-# the last sweep run in this process (read by the CLI for its exit status)
-LAST_SWEEP: SweepResult | None = None
-
-
-def baseline_overrides(overrides: list[str]) -> list[str]:
-    """The job's overrides without the attention, its placement and ``force`` / ``baseline``."""
-    out = []
-    for o in overrides:
-        key = o.split("=", 1)[0]
-        if not _PLACEMENT_KEY.match(key) and not _NOT_FOR_BASELINE.match(key):
-            out.append(o)
-    return out
-
-
-def is_baseline(overrides: list[str]) -> bool:
-    """A job with no attention: its own baseline."""
-    return not any(_PLACEMENT_KEY.match(o.split("=", 1)[0]) for o in overrides)
 
 
 class AblateSweeper(BasicSweeper):
@@ -102,42 +53,30 @@ class AblateSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        parsed = parser.parse_overrides([*self._parse_config(), *arguments])
-        jobs = [job for batch in self.split_arguments(parsed, None) for job in batch]
-        jobs = expand_scans(jobs, self._load)  # +pos=scan: one job per layer index
-        from . import plan as planning
-
-        plan = planning.make_plan(
-            jobs, self._load, planning.launcher_parallelism(self.config.hydra.get("launcher"))
-        )
-        if bool(self.config.get("dry_run", False)):  # the CLI prints the plan; nothing is launched
-            planning.LAST_PLAN = plan
+        plan = plan_sweep(self.config, list(arguments), self._load, self.hydra_context.config_loader)
+        if bool(self.config.get("dry_run", False)):
+            # the CLI prints the plan of a dry run without starting Hydra; a dry run that reaches the
+            # sweeper (a command line with Hydra flags) logs it, and nothing is launched either
+            log.info("%s", format_plan(plan))
             self.overrides = []
             return []
         # cached jobs are resolved here, before anything is submitted: they come first in the job
         # numbering and get their outcome now; the launcher sees only the jobs to run (base runs first)
         self.overrides = plan.batches(self.max_batch_size)
-        jobs = [j.overrides for j in plan.jobs]
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        write_json_atomic(
-            sweep_dir / SWEEP_JSON,
-            {
-                "total": len(jobs),
-                "baselines_added": plan.added("baseline"),
-                "bases_added": plan.added("base"),
-                "cached": len(plan.cached),
-                "jobs": jobs,
-            },
+        OmegaConf.save(self.config, sweep_dir / MULTIRUN_YAML)
+        write_sweep_info(
+            sweep_dir,
+            [j.overrides for j in plan.jobs],
+            baselines_added=plan.added("baseline"),
+            bases_added=plan.added("base"),
+            cached=len(plan.cached),
         )
         self.write_cached(plan)
         returns: list[list[JobReturn]] = []
         first = len(plan.cached)
-        from .live import watch_sweep
-
         with watch_sweep(sweep_dir, self.config):  # the live view (plain lines when stdout is no terminal)
             while not self.is_done():
                 batch = self.get_job_batch()
@@ -151,12 +90,10 @@ class AblateSweeper(BasicSweeper):
         assert self.hydra_context is not None and self.config is not None
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
-    def write_cached(self, plan: Any) -> None:
+    def write_cached(self, plan: Plan) -> None:
         """The ``cached`` outcome of every cached job of ``plan``, in its job directory (jobs 0..n-1)."""
-        from .cli import summary_line
-
         for number, job in enumerate(plan.jobs):
-            if not job.cached:
+            if not job.cached or job.record is None:
                 continue
             record = job.record
             summary = summary_line(record, run_dir(Path(str(self.config.results.dir)), record.key))
@@ -172,54 +109,6 @@ sys.modules.setdefault(PLUGIN_MODULE, sys.modules[__name__])
 Plugins.instance().register(AblateSweeper)
 
 
-def sweep_info(sweep_dir: Path) -> dict[str, Any]:
-    """``sweep.json`` of a sweep directory (total jobs, the job list), or {} when absent."""
-    data = read_json(Path(sweep_dir) / SWEEP_JSON)
-    return data if isinstance(data, dict) else {}
-
-
-def write_outcome(job_dir: Path, outcome: JobOutcome) -> None:
-    write_json_atomic(Path(job_dir) / OUTCOME_JSON, asdict(outcome))
-
-
-def job_dir(sweep_config: DictConfig, number: int) -> Path:
-    """The directory of job ``number`` of a sweep (``hydra.sweep.dir/hydra.sweep.subdir``), as Hydra's
-    launchers name it, from that job's composed config."""
-    cfg = copy.deepcopy(sweep_config)
-    with open_dict(cfg):
-        cfg.hydra.job.num = number
-        cfg.hydra.job.id = str(number)
-    return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-
-
-def read_outcomes(sweep_dir: Path) -> SweepResult:
-    """Every job's outcome under ``sweep_dir`` (job subdirectories), in job order."""
-    result = SweepResult(Path(sweep_dir), expected=int(sweep_info(sweep_dir).get("total", 0)))
-    paths = sorted(Path(sweep_dir).glob(f"*/{OUTCOME_JSON}"), key=lambda p: _job_number(p.parent.name))
-    for path in paths:
-        data = read_json(path)
-        if isinstance(data, dict):
-            result.outcomes.append(JobOutcome(**{k: data.get(k) for k in JobOutcome.__dataclass_fields__}))
-    return result
-
-
-def _job_number(name: str) -> tuple[int, str]:
-    return (int(name), name) if name.isdigit() else (10**9, name)
-
-
-def format_result(result: SweepResult) -> str:
-    """The end-of-sweep report: counts, then every failed job with its overrides and error."""
-    lines = [
-        f"sweep {result.sweep_dir.name}: {len(result.outcomes)} job(s): {result.count('ok')} ok, "
-        f"{result.count('cached')} cached, {result.count('failed')} failed"
-        + (f", {result.missing} left no outcome (killed?)" if result.missing else "")
-    ]
-    for o in result.outcomes:
-        if o.status == "failed":
-            lines.append(f"  failed: {' '.join(o.overrides)}: {o.error}")
-    return "\n".join(lines)
-
-
 class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, report the outcomes and refresh the results root's outputs.
 
@@ -232,11 +121,9 @@ class SweepSummary(Callback):
         self.table = table
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global LAST_SWEEP
-        if config.get("dry_run", False):  # nothing ran: the CLI prints the plan
+        if config.get("dry_run", False):  # nothing ran
             return
         result = read_outcomes(Path(config.hydra.sweep.dir))
-        LAST_SWEEP = result
         results_dir = Path(str(config.results.dir))
         print(format_result(result), flush=True)
         try:
@@ -301,8 +188,6 @@ def measure_after_sweep(config: DictConfig, ran: bool = True) -> list[str]:
 def submitit_job(launcher: DictConfig, sweep_dir: Path, func: Any, *args: Any) -> Any:
     """Run ``func(*args)`` as one job of the sweep's submitit launcher (its executor and resources, as
     hydra-submitit-launcher maps them) and return its result."""
-    from .launcher import executor_for
-
     params = OmegaConf.to_container(launcher, resolve=True)
     assert isinstance(params, dict)
     cluster = "slurm" if "slurm" in str(params.get("_target_", "")).lower() else "local"

@@ -11,6 +11,10 @@ import pytest
 import torch
 import yaml
 
+from ablate import overrides
+from ablate.cli import pinned_argv, read_command
+from ablate.sweepdir import read_outcomes
+
 
 def ablate(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
@@ -41,6 +45,8 @@ def bad_dataset_yamls(tmp_path: Path) -> dict[str, Path]:
 CASES = {
     "unknown attn": (["+attn=nope"], r"attn='nope' is not valid; valid: area, fla, halo, mhsa, rala, tssa"),
     "unknown pos": (["+attn=rala", "+pos=middle"], r"pos='middle' is not valid; valid: a2c2f, backbone"),
+    "unknown attn in a sweep": (["+attn=rala,nope"], r"attn='nope' is not valid; valid: area, fla"),
+    "unknown preset": (["experiment=paper"], r"experiment='paper' is not valid; valid: attn_zoo, demo"),
     "unknown model": (["model=yolo99"], r"model='yolo99' is not valid; valid: yolo11l"),
     "unknown dataset": (["dataset=imagenet"], r"dataset='imagenet' is not valid; valid: VOC"),
     "preset not in family": (
@@ -149,3 +155,51 @@ def test_inspect_with_weights_prints_the_transfer_line(tmp_path: Path) -> None:
     assert line.startswith("weights: transferred 547/691 tensors of the base checkpoint ")
     assert line.endswith("; skipped 144 (attention replaced by rala)")
     assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_the_cli_reads_its_command_line_before_hydra_starts(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    sweep = read_command(["+attn=rala,tssa", f"results.dir={results}", "-m"])
+    assert sweep is not None and sweep.multirun and sweep.plan is None
+    assert sweep.sweep_dir is not None and sweep.sweep_dir.parent == results / "hydra"
+    assert sweep.sweep_dir.name.startswith("multirun-")
+    single = read_command(["+attn=rala", f"results.dir={results}"])
+    assert single is not None and not single.multirun and single.sweep_dir is None and single.plan is None
+    dry = read_command(["+attn=rala", f"results.dir={results}", f"data.dir={tmp_path}", "dry_run=true"])
+    assert dry is not None and dry.plan is not None  # the run and its warm start's base runs, no baseline
+    assert [j.role for j in dry.plan.jobs] == ["base", "base", "job"]
+    # Hydra alone: its flags, a sweep without -m, what does not compose
+    assert read_command(["--cfg", "job"]) is None
+    assert read_command(["seed=0,1", "dry_run=true"]) is None
+    assert read_command(["no.such.key=1"]) is None
+    assert not (results / "hydra").exists()  # reading the command line writes nothing
+
+
+def test_the_sweep_dir_is_pinned_beside_the_other_overrides() -> None:
+    odd = Path("/tmp/a b/r,1/hydra/multirun-x")
+    argv = pinned_argv(["+attn=rala", "hydra.sweep.dir=elsewhere", "seed=0,1", "-m"], odd)
+    assert argv[:2] == ["+attn=rala", "seed=0,1"] and argv[-1] == "-m"
+    assert overrides.key(argv[2]) == "hydra.sweep.dir" and overrides.values(argv[2]) == [str(odd)]
+    assert pinned_argv(["-m"], odd)[0] == "-m"
+
+
+def test_a_failed_job_makes_the_multirun_exit_1(tmp_path: Path) -> None:
+    """The CLI fixes the sweep directory (here under a path Hydra must read quoted) and reads the jobs'
+    outcomes back from it for its exit status."""
+    results = tmp_path / "my results, 1"
+    args = [
+        "action=inspect",
+        "+attn=rala",
+        "+pos=p5",
+        "attn.params.head_dim=32,-1",
+        "dataset=shapes",
+        "seed=0",
+    ]
+    args += ["baseline=false", f"data.dir={tmp_path / 'data'}"]
+    args += ["logger=none", "measure.latency.after_sweep=false", "hydra.callbacks.sweep_summary.table=false"]
+    cmd = [sys.executable, "-m", "ablate", *args, f"results.dir={overrides.quote(str(results))}", "-m"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (sweep,) = (results / "hydra").glob("multirun-*")
+    assert sorted(o.status for o in read_outcomes(sweep).outcomes) == ["failed", "ok"]
+    assert "2 job(s): 1 ok, 0 cached, 1 failed" in proc.stdout

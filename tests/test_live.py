@@ -156,7 +156,7 @@ def test_a_job_reports_progress_and_its_output_goes_to_its_log(tmp_path: Path) -
     assert not progress.jobs_share_terminal(
         job_config(tmp_path, "hydra._internal.core_plugins.BasicLauncher")
     )
-    progress.report(epoch=5)  # no job: a no-op
+    progress.update(epoch=5)  # no job: a no-op
     assert json.loads((tmp_path / "progress.json").read_text())["epoch"] == 3
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from ablate.experiment import experiment_from_config
+from ablate.overrides import baseline_overrides, is_baseline
 from ablate.records import RunRecord, read_record, run_lock, write_record
 from ablate.run import execute
-from ablate.sweep import baseline_overrides, is_baseline, read_outcomes
+from ablate.sweepdir import read_outcomes
 from ablate.train import resumable_epoch
 
 from .helpers import TINY, config

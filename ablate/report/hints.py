@@ -7,12 +7,12 @@ import functools
 import json
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..paths import CONF_DIR
 from .load import norm
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def baseline_command(r: Mapping[str, Any], seeds: str) -> str:
 @functools.cache
 def _train_preset(name: str) -> dict[str, Any]:
     """``conf/train/<name>.yaml`` ({} when absent or unreadable)."""
-    conf = Path(__file__).resolve().parents[2] / "conf" / "train" / f"{name}.yaml"
+    conf = CONF_DIR / "train" / f"{name}.yaml"
     try:
         import yaml
 
@@ -96,13 +96,19 @@ def train_overrides(name: str, r: Mapping[str, Any]) -> list[str]:
 
 
 def _override_value(v: Any) -> str:
-    """A value as a Hydra override writes it (true/false; numpy scalars as Python ones)."""
+    """A value as a Hydra override writes it, read back by Hydra as the same value: true/false, numpy
+    scalars as Python ones, lists in brackets, strings quoted where Hydra would read them otherwise
+    (``'a,b'`` is no sweep, ``'1.0'`` no float)."""
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, list | tuple):
         return "[" + ",".join(_override_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        from ..overrides import quote  # Hydra's parser: only when a hint is written (make table stays light)
+
+        return quote(v)
     return str(v)
 
 
