@@ -194,7 +194,12 @@ def profile_latency(exp: Experiment, record: RunRecord) -> None:
     from .measure.phase import format_phase, run_phase, settings_from_config
 
     settings = settings_from_config(exp.measure["latency"], exp.train.get("device"))
-    for result in run_phase(exp.results_dir, settings, [record.to_dict()], force=exp.force):
+    try:
+        results = run_phase(exp.results_dir, settings, [record.to_dict()], force=exp.force)
+    except AblateError as e:  # a busy machine (MachineBusyError): one line, the record stays as it is
+        fail(str(e))
+        return
+    for result in results:
         print(format_phase(result))
 
 

@@ -34,6 +34,7 @@ from .errors import AblateError
 from .paths import CONF_DIR
 from .records import RECORD, RUNS, RunRecord, read_json, read_record, run_dir
 from .scan import expand_scans
+from .warm import needed_candidates
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -288,7 +289,8 @@ def missing_bases(
     jobs: list[list[str]], load: Loader, experiments: _Experiments | None = None
 ) -> list[list[str]]:
     """``action=base`` jobs for the warm-start base candidates the jobs need and the results root lacks
-    (one job per candidate, so that a launcher trains them side by side)."""
+    (one job per candidate, so that a launcher trains them side by side). A candidate that a pinned choice
+    left out (:func:`ablate.warm.needed_candidates`) is not trained again."""
     experiments = experiments or _Experiments(load)
     added: dict[str, list[str]] = {}
     for job in jobs:
@@ -296,7 +298,7 @@ def missing_bases(
         if exp is None or not exp.warm:
             continue
         keep = overrides.without(overrides.baseline_overrides(job), BASE_JOB_KEYS)
-        for candidate in exp.base_candidates():
+        for candidate in needed_candidates(exp):  # once the choice is pinned, only the chosen one
             if candidate.key in added:
                 continue
             previous = read_record(run_dir(candidate.results_dir, candidate.key))

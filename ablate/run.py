@@ -33,6 +33,7 @@ from .compose import (
 )
 from .errors import AblateError
 from .experiment import Experiment
+from .paths import MODEL_YAML
 from .records import (
     RECORD,
     RunRecord,
@@ -52,7 +53,7 @@ from .weights import Transfer, plan_transfer, read_checkpoint
 
 log = logging.getLogger(__name__)
 
-MODEL_YAML = "model.yaml"
+
 CONFIG_YAML = "config.yaml"
 ULTRALYTICS_DIR = "ultralytics"
 PREDICTIONS = "predictions.json"

@@ -72,7 +72,7 @@ def test_list_prints_the_plan_without_a_gpu(flag: str, capsys: pytest.CaptureFix
     assert text.startswith("gpu-check plan: 4 steps, 21 checks, budget 420 s")
     for step in ("precision (limit 60 s)", "gpu-tests (limit 90 s)", "latency (limit 150 s)", "train (limit"):
         assert step in text
-    for name in modules.available():
+    for name in modules.attentions():
         assert f"precision {name}" in text and f"train {name}@neck" in text
         assert re.search(rf"^\s+{name}(\s+\d\.\de-0\d){{3}}$", text, re.M), name
     assert "python -m pytest -m gpu tests/test_modules_contract.py" in text
@@ -92,7 +92,7 @@ def test_bad_step_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_plan_has_every_check_in_order() -> None:
-    names = modules.available()
+    names = modules.attentions()
     steps = plan.build_plan(Options())
     assert [s.name for s in steps] == ["precision", "gpu-tests", "latency", "train"]
     by = {s.name: s.checks for s in steps}
@@ -150,7 +150,7 @@ def test_training_commands_run_the_quick_protocol_on_the_gpu() -> None:
 
 def test_bounds_table_covers_every_module() -> None:
     assert precision.BOUNDS == EXPECTED_BOUNDS
-    assert set(precision.BOUNDS) == set(modules.available())
+    assert set(precision.BOUNDS) == set(modules.attentions())
     for bounds in precision.BOUNDS.values():
         assert set(bounds) == set(plan.DTYPES)
         assert 0 < bounds["float16"] < bounds["bfloat16"] < 0.1 and 0 < bounds["half"] < 0.1
@@ -202,7 +202,7 @@ def test_precision_step_runs_bf16_autocast_on_the_cpu(tmp_path: Path) -> None:
         Options(device="cpu"), steps.emitter(tmp_path / "p.jsonl"), tmp_path, time.time() + 60
     )
     lines = steps.read_lines(tmp_path / "p.jsonl")
-    assert [line.check for line in lines] == [f"precision {n}" for n in modules.available()]
+    assert [line.check for line in lines] == [f"precision {n}" for n in modules.attentions()]
     for line in lines:
         assert line.status == "ok", line.format()
         for dtype in plan.DTYPES:

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from ultralytics.nn.modules.block import A2C2f, ABlock
 
 import modules
 from ablate.compose import Placement, base_model_yaml, build_model, compose
 from ablate.measure.export import onnx_parity
+from ablate.paths import CONF_DIR
 from ablate.weights import Checkpoint, plan_transfer
 
 from .test_compose import presets
@@ -21,6 +23,8 @@ NC = 5
 
 def test_identity_is_a_control_not_an_attention() -> None:
     assert "identity" in modules.available() and modules.controls() == ["identity"]
+    conf = {p.stem: yaml.safe_load(p.read_text()) for p in (CONF_DIR / "attn").glob("*.yaml")}
+    assert sorted(k for k, v in conf.items() if v.get("kind") == "control") == modules.controls()
     assert "identity" not in modules.attentions()
     assert set(modules.attentions()) >= {"rala", "halo", "tssa", "fla", "area", "mhsa"}
 

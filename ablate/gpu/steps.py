@@ -153,8 +153,8 @@ def run_precision(opts: Options, emit: Emit, work: Path, deadline: float) -> Non
     from .precision import module_errors, precision_line
 
     names = attention_names()
-    if modules.available() != names:
-        log.error("registry %s and conf/attn %s differ", modules.available(), names)
+    if modules.attentions() != names:
+        log.error("registry %s and conf/attn %s differ", modules.attentions(), names)
     for name in names:
         try:
             emit(precision_line(name, module_errors(name, opts.device, DTYPES)))
