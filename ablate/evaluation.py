@@ -1,8 +1,19 @@
 """COCO evaluation of a trained model: AP overall and by object size, from its predictions on a split.
 
-pycocotools on the val split (area buckets small < 32², medium 32²–96², large > 96² pixels; COCO's 100
-detections per image). Image and annotation ids start at 1; category ids are the YOLO class indices.
-Predictions come from ultralytics' predictor with its validation settings.
+pycocotools on the split a run reports (area buckets small < 32², medium 32²–96², large > 96² pixels;
+COCO's 100 detections per image). Image and annotation ids start at 1; category ids are the YOLO class
+indices. Predictions come from ultralytics' predictor with its validation settings.
+
+Which checkpoint on which split (:func:`evaluation_plan`, the record's ``evaluated``): a checkpoint is
+never scored on the split it was selected on. ultralytics writes ``best.pt`` whenever the epoch's val
+fitness is the best so far and ``last.pt`` every epoch; with ``val=false`` it validates only after the
+final epoch, so every epoch "ties" the missing fitness and ``best.pt`` is the final epoch too. Hence:
+
+* per-epoch validation off (the quick protocol: ``extra.val: false``): the final epoch (``last.pt``) on
+  val — ``last epoch on val``;
+* per-epoch validation on and a labelled ``test:`` split in the data YAML: ``best.pt`` (selected on val)
+  on test — ``best-on-val, reported on test``;
+* per-epoch validation on, no labelled test split: ``last.pt`` on val — ``last epoch on val``.
 """
 
 from __future__ import annotations
@@ -12,12 +23,13 @@ import copy
 import io
 import logging
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .datasets import dataset_base, read_labels
 from .records import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -27,16 +39,60 @@ PREDICT_CHUNK = 32  # images handed to ultralytics' predictor at once (a list so
 AP_KEYS = ("map50_95_coco", "map50_coco", "ap_small", "ap_medium", "ap_large")
 AREA_RANGES = {"ap_small": (0.0, 32.0**2), "ap_medium": (32.0**2, 96.0**2), "ap_large": (96.0**2, math.inf)}
 _STATS_INDEX = {"map50_95_coco": 0, "map50_coco": 1, "ap_small": 3, "ap_medium": 4, "ap_large": 5}
+# the record's ``evaluated``: which checkpoint on which split its metrics come from
+LAST_ON_VAL = "last epoch on val"
+BEST_ON_TEST = "best-on-val, reported on test"
 
 
-def ap_by_size(data_yaml: str | Path, weights: Path, imgsz: int, out: Path | None = None) -> dict[str, Any]:
-    """Record fields: COCO AP overall and by object size of the checkpoint ``weights`` on the val split
-    of ``data_yaml`` ({} with a warning when the data YAML is not a local file). Detections go to ``out``.
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """The checkpoint a run reports (a file in ultralytics' ``weights/``), the split it is scored on, and
+    the record's ``evaluated``."""
+
+    checkpoint: str
+    split: str
+    evaluated: str
+
+
+def validates_each_epoch(train: Mapping[str, Any]) -> bool:
+    """Whether ultralytics validates after every epoch under these ``train`` settings: its ``val``
+    argument as :func:`ablate.train.train_args` passes it (``extra`` over the preset; default true)."""
+    extra = train.get("extra") or {}
+    value = extra["val"] if "val" in extra else train.get("val")
+    return True if value is None else bool(value)
+
+
+def evaluation_plan(train: Mapping[str, Any], data_yaml: str | Path) -> EvaluationPlan:
+    """Which checkpoint to report on which split (module docstring): never the split it was chosen on."""
+    if validates_each_epoch(train) and has_labelled_split(data_yaml, "test"):
+        return EvaluationPlan("best.pt", "test", BEST_ON_TEST)
+    return EvaluationPlan("last.pt", "val", LAST_ON_VAL)
+
+
+def has_labelled_split(data_yaml: str | Path, split: str) -> bool:
+    """Whether the local data YAML names ``split`` and at least one of its images has a label file
+    (COCO's test-dev has none). A data YAML ultralytics resolves by name counts as having none."""
+    if not Path(data_yaml).is_file():
+        return False
+    try:
+        _, images = split_images(data_yaml, split)
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    from ultralytics.data.utils import img2label_paths
+
+    return any(Path(label).is_file() for label in img2label_paths([str(i) for i in images]))
+
+
+def ap_by_size(
+    data_yaml: str | Path, weights: Path, imgsz: int, out: Path | None = None, split: str = "val"
+) -> dict[str, Any]:
+    """Record fields: COCO AP overall and by object size of the checkpoint ``weights`` on ``split`` of
+    ``data_yaml`` ({} with a warning when the data YAML is not a local file). Detections go to ``out``.
     """
     if not Path(data_yaml).is_file():
         log.warning("AP by size skipped: %s is not a local data YAML", data_yaml)
         return {}
-    gt = yolo_to_coco_gt(data_yaml, "val")
+    gt = yolo_to_coco_gt(data_yaml, split)
     dets = predictions_to_coco(weights, gt, imgsz, out=out)
     return coco_ap_by_size(gt, dets)
 
@@ -52,6 +108,8 @@ def split_images(data_yaml: str | Path, split: str = "val") -> tuple[Path, list[
     """The dataset root and the sorted image files of ``split`` (directories, image lists or files),
     resolved as ultralytics resolves them."""
     from ultralytics.data.utils import IMG_FORMATS
+
+    from .datasets import dataset_base
 
     data = _load_data(data_yaml, split)
     base = dataset_base(Path(data_yaml), data)
@@ -83,6 +141,8 @@ def yolo_to_coco_gt(data_yaml: str | Path, split: str = "val") -> dict[str, Any]
     """
     from PIL import Image
     from ultralytics.data.utils import exif_size, img2label_paths
+
+    from .datasets import read_labels
 
     base, images = split_images(data_yaml, split)
     names = _load_data(data_yaml, split).get("names") or {}

@@ -87,6 +87,9 @@ class RunRecord:
     ap_small: float | None = None
     ap_medium: float | None = None
     ap_large: float | None = None
+    # which checkpoint on which split the metrics above come from (ablate.evaluation.evaluation_plan):
+    # "last epoch on val" or "best-on-val, reported on test"; None in records written before it existed
+    evaluated: str | None = None
     # training resumed from ultralytics' last.pt of an interrupted attempt (its epoch), else None
     resumed_from_epoch: int | None = None
     # unix times of the job's steps: job_start, model_built, train_start, first_step, train_end

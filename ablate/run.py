@@ -67,6 +67,7 @@ TRAIN_RESULT_FIELDS = (
     "train_threads",
     "train_loss",
     "peak_memory_train_mb",
+    "evaluated",
 )
 
 
@@ -362,11 +363,15 @@ def train(
 
 
 def evaluate(exp: Experiment, data_yaml: str, directory: Path) -> dict[str, Any]:
-    """COCO AP overall and by object size of the run's best checkpoint on the val split."""
-    from .evaluation import ap_by_size
+    """COCO AP overall and by object size of the checkpoint the run reports, on the split it reports it on
+    (:func:`ablate.evaluation.evaluation_plan`: the last epoch on val, or best-on-val on test), and the
+    record's ``evaluated`` saying which."""
+    from .evaluation import ap_by_size, evaluation_plan
 
-    best = directory / ULTRALYTICS_DIR / "weights" / "best.pt"
-    return ap_by_size(data_yaml, best, int(exp.train["imgsz"]), directory / PREDICTIONS)
+    plan = evaluation_plan(exp.train, data_yaml)
+    weights = directory / ULTRALYTICS_DIR / "weights" / plan.checkpoint
+    ap = ap_by_size(data_yaml, weights, int(exp.train["imgsz"]), directory / PREDICTIONS, split=plan.split)
+    return {**ap, "evaluated": plan.evaluated}
 
 
 def mark_failed(record: RunRecord, error: BaseException, directory: Path) -> None:

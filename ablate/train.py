@@ -116,8 +116,10 @@ def resumable_epoch(last: Path) -> int | None:
     """The epoch an interrupted run's ``last.pt`` can resume after, or None (absent, finished, corrupt)."""
     if not last.is_file():
         return None
+    from .weights import load_torch_file
+
     try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        ckpt = load_torch_file(last)  # as ultralytics will load it to resume (ULTRALYTICS_SAFE_LOAD)
         epoch = int(ckpt.get("epoch", -1))
     except Exception as e:  # a checkpoint cut short by a kill is not an error: start over
         log.warning("ignoring unreadable %s (%s)", last, e)
@@ -178,7 +180,10 @@ def train_and_validate(
     callbacks: dict[str, list[Callable[[Any], None]]] | None = None,
     resume: bool = True,
 ) -> dict[str, Any]:
-    """Train ``model_yaml`` on ``data_yaml`` with ultralytics; return final validation metrics and time.
+    """Train ``model_yaml`` on ``data_yaml`` with ultralytics; return the reported metrics and time.
+
+    The metrics are those of the checkpoint and split :func:`ablate.evaluation.evaluation_plan` reports
+    (``evaluated``): never of a checkpoint selected on the split it is scored on (:func:`reported_metrics`).
 
     ``initial_state`` (composed-model names, from :func:`ablate.weights.plan_transfer`) starts training
     from pretrained tensors: the model is built under ``seed`` (so what is not transferred is initialised
@@ -240,8 +245,11 @@ def train_and_validate(
     start = time.perf_counter()
     model.train(data=data_yaml, trainer=AblateTrainer, **args)
     seconds = time.perf_counter() - start
-    metrics = dict(model.trainer.metrics or {})
+    metrics, evaluated = reported_metrics(
+        dict(model.trainer.metrics or {}), train, data_yaml, Path(model.trainer.save_dir)
+    )
     out: dict[str, Any] = {k: _float(metrics.get(v)) for k, v in METRICS.items()}
+    out["evaluated"] = evaluated
     out["train_seconds"] = round(seconds, 2)
     out["train_threads"] = threads.get("train")
     out["train_loss"] = last_epoch_loss(model.trainer)
@@ -250,6 +258,55 @@ def train_and_validate(
     out["timings"] = timings
     out["peak_memory_train_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
     return out
+
+
+def reported_metrics(
+    final: dict[str, Any], train: dict[str, Any], data_yaml: str, save_dir: Path
+) -> tuple[dict[str, Any], str]:
+    """The metrics a run reports and the record's ``evaluated``, from ultralytics' ``final`` metrics.
+
+    ultralytics' final validation scores ``best.pt`` on val. Without per-epoch validation ``best.pt`` is
+    the final epoch (:mod:`ablate.evaluation`), so those metrics are the last epoch's on val as they are.
+    With it, ``best.pt`` was selected on val: :func:`validate` scores the plan's checkpoint on its split
+    instead (best.pt on a labelled test split, else last.pt on val).
+    """
+    from .evaluation import evaluation_plan, validates_each_epoch
+
+    plan = evaluation_plan(train, data_yaml)
+    if not validates_each_epoch(train):
+        return final, plan.evaluated
+    log.info("reporting %s on the %s split (%s)", plan.checkpoint, plan.split, plan.evaluated)
+    metrics = validate(save_dir / "weights" / plan.checkpoint, data_yaml, plan.split, train, save_dir)
+    return metrics, plan.evaluated
+
+
+def validate(
+    weights: Path, data_yaml: str, split: str, train: dict[str, Any], save_dir: Path
+) -> dict[str, Any]:
+    """ultralytics' validator on ``split`` with the checkpoint ``weights``, as the trainer's final validation
+    runs it (batch twice the training batch; one device); its metrics (``metrics/mAP50(B)``, ...)."""
+    from ultralytics import YOLO
+
+    import modules  # noqa: F401  (checkpoints pickle our module classes)
+
+    device = train.get("device")
+    if is_ddp(device):  # the validator runs on one device
+        device = (device if isinstance(device, list | tuple) else str(device).split(","))[0]
+    kwargs: dict[str, Any] = dict(
+        data=data_yaml,
+        split=split,
+        imgsz=int(train["imgsz"]),
+        batch=2 * int(train["batch"]),
+        workers=int(train.get("workers") or 0),
+        plots=False,
+        verbose=False,
+        project=str(save_dir),
+        name=f"val-{split}",
+        exist_ok=True,
+    )
+    if device is not None:
+        kwargs["device"] = device
+    return dict(YOLO(str(weights), task="detect").val(**kwargs).results_dict)
 
 
 def _float(v: Any) -> float | None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import pickle
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -117,15 +119,70 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def read_checkpoint(path: Path) -> Checkpoint:
-    """Read an ultralytics checkpoint (``{"model"|"ema": DetectionModel}``) or a base-model state dict."""
-    import modules  # noqa: F401  (a checkpoint may pickle our classes)
+SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
 
+
+def safe_load_requested() -> bool:
+    """Whether ``ULTRALYTICS_SAFE_LOAD`` asks for weights-only loading (ultralytics' ``env_bool``: 1, true,
+    yes, on, y, t), read now rather than when ultralytics was imported."""
+    return os.environ.get(SAFE_LOAD_ENV, "").strip().lower() in {"1", "true", "yes", "on", "y", "t"}
+
+
+def load_torch_file(path: Path) -> Any:
+    """``torch.load`` of a checkpoint as ultralytics loads one: ``weights_only=False`` by default; under
+    ``ULTRALYTICS_SAFE_LOAD=1`` ``weights_only=True`` against ultralytics' allow-list (the globals the file
+    references among its known classes, as its ``torch_safe_load`` registers them) plus our module classes.
+
+    Raises ``pickle.UnpicklingError`` for a file that needs unsafe loading under the flag.
+    """
+    import modules  # (a checkpoint may pickle our classes; importing registers them as safe globals)
+
+    if not safe_load_requested():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    modules.register_safe_globals()
+    from ultralytics.nn import tasks
+
+    safe = getattr(tasks, "_SafeLoad", None)
+    if safe is None or not safe.SUPPORTED:  # ultralytics without restricted loading: torch's allow-list only
+        return torch.load(path, map_location="cpu", weights_only=True)
+    with safe.loading(path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _unsafe_globals(path: Path) -> str:
+    """The globals of ``path`` outside the weights-only allow-list, for a message (a few, then a count)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return ""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f" ({shown})" if names else ""
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read an ultralytics checkpoint (``{"model"|"ema": DetectionModel}``) or a base-model state dict.
+
+    Loaded as ultralytics loads it (:func:`load_torch_file`; ``ULTRALYTICS_SAFE_LOAD=1``: weights only);
+    of ``ema`` and ``model``, ``ema`` wins when it holds something, as in ultralytics' ``load_checkpoint``.
+    """
     path = check_weights_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = load_torch_file(path)
+    except pickle.UnpicklingError as e:
+        if not safe_load_requested():
+            raise AblateError(
+                f"model.weights={str(path)!r} is not a checkpoint torch can read: {_one_line(e)}"
+            ) from None
+        raise AblateError(
+            f"model.weights={str(path)!r} needs unsafe loading: it pickles objects outside the weights-only "
+            f"allow-list{_unsafe_globals(path)}, which {SAFE_LOAD_ENV}=1 refuses; unset {SAFE_LOAD_ENV} to "
+            "load it with weights_only=False if you trust the file, or give a checkpoint of tensors and "
+            "ultralytics/ablate modules"
+        ) from None
     except Exception as e:
-        raise AblateError(f"model.weights={str(path)!r} is not a checkpoint torch can read: {e}") from None
+        raise AblateError(
+            f"model.weights={str(path)!r} is not a checkpoint torch can read: {_one_line(e)}"
+        ) from None
     model = _model_of(obj)
     yaml = None
     if model is not None:
@@ -145,21 +202,30 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, file_sha256(path), state, int(nc) if nc else None, yaml)
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
+
+
+def _preferred(obj: dict[str, Any]) -> Any:
+    """``obj["ema"] or obj["model"]``, as ultralytics' ``load_checkpoint`` picks (ultralytics' own final
+    checkpoints hold the EMA weights in ``model`` and None in ``ema``)."""
+    ema = obj.get("ema")
+    return ema if ema is not None and not (isinstance(ema, dict) and not ema) else obj.get("model")
+
+
 def _model_of(obj: Any) -> nn.Module | None:
     if isinstance(obj, nn.Module):
         return obj
-    if isinstance(obj, dict):
-        for key in ("ema", "model"):
-            if isinstance(obj.get(key), nn.Module):
-                return obj[key]
+    if isinstance(obj, dict) and isinstance(_preferred(obj), nn.Module):
+        return _preferred(obj)
     return None
 
 
 def _state_dict_of(obj: Any) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
-        for key in ("state_dict", "model", "ema"):
-            if isinstance(obj.get(key), dict):
-                return _state_dict_of(obj[key])
+        for inner in (_preferred(obj), obj.get("state_dict")):
+            if isinstance(inner, dict) and inner:
+                return _state_dict_of(inner)
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
             return dict(obj)
     return {}

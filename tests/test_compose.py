@@ -131,15 +131,23 @@ def test_index_remapping_on_a_hand_made_case() -> None:
     assert len(out["backbone"]) == 4  # the insertion after a backbone layer stays in the backbone
     assert rows(out)[2][3][0] == 16  # channels of base layer 1
     assert d["head"][1][0] == [-1, 1], "the base dict must not be modified"
-    model = build_model(out)
-    assert model(torch.zeros(1, 3, 64, 64)) is not None
+    model = build_model(out).eval()
+    seen: dict[str, torch.Tensor] = {}
+    model.model[2].register_forward_hook(lambda m, i, o: seen.__setitem__("inserted", o))
+    model.model[5].register_forward_hook(lambda m, i, o: seen.__setitem__("concat_in", i[0][1]))
+    preds = model(torch.randn(1, 3, 64, 64))[0]
+    # the Concat reads the attention-refined map of base layer 1 (composed layer 2), not the raw one
+    assert torch.equal(seen["concat_in"], seen["inserted"])
+    # Detect on composed layers 7 (16x16, stride 4) and 3 (8x8, stride 8): 256 + 64 anchors, 4 box + 2 classes
+    assert model.stride.tolist() == [4.0, 8.0] and preds.shape == (1, 4 + 2, 16 * 16 + 8 * 8)
 
 
 def test_same_module_several_times_after_one_layer_and_many_layers() -> None:
     d = base_model_yaml("yolo12n", NC)
     composed = compose(d, Placement("tssa", (2, 4, 6, 8, 14)), "yolo12n")
     assert sum(1 for r in rows(composed) if r[2] == "AttentionResidual") == 5
-    assert build_model(composed)(torch.zeros(1, 3, 128, 96)) is not None
+    assert [r[0] for r in rows(composed) if r[2] == "AttentionResidual"] == [-1] * 5
+    assert _anchor_output(build_model(composed), 128, 96).shape == (1, 4 + NC, _anchors(128, 96))
 
 
 def test_compose_does_not_modify_its_input() -> None:
@@ -181,12 +189,27 @@ def test_yolo11_replace_c2psa_and_yolov8_insert() -> None:
     d11 = base_model_yaml("yolo11n", NC)
     composed = compose(d11, Placement("rala", (10,), "replace"), "yolo11n")
     assert rows(composed)[10][2] == "C2PSASwap"
-    assert build_model(composed)(torch.zeros(1, 3, 96, 128)) is not None
+    swapped = build_model(composed)
+    assert type(swapped.model[10].m[0].attn).__name__ == "RALA"  # the PSA block's attention is RALA now
+    assert _anchor_output(swapped, 96, 128).shape == (1, 4 + NC, _anchors(96, 128))
     d8 = base_model_yaml("yolov8n", NC)
     with pytest.raises(AblateError, match="layers with attention: none"):
         compose(d8, Placement("rala", (9,), "replace"), "yolov8n")
     composed = compose(d8, Placement("fla", (15, 18, 21)), "yolov8n")
-    assert build_model(composed)(torch.zeros(1, 3, 96, 128)) is not None
+    inserted = [i for i, m in marks(composed).items() if m == "inserted"]
+    assert inserted == [16, 20, 24]  # after base 15, 18, 21: each earlier insertion shifts the next by one
+    assert _anchor_output(build_model(composed), 96, 128).shape == (1, 4 + NC, _anchors(96, 128))
+
+
+def _anchors(h: int, w: int) -> int:
+    """Detect's outputs for an h×w input at strides 8, 16, 32."""
+    return sum((h // s) * (w // s) for s in (8, 16, 32))
+
+
+def _anchor_output(model: torch.nn.Module, h: int, w: int) -> torch.Tensor:
+    """The eval-mode predictions (batch, 4 + nc, anchors) for one h×w input."""
+    with torch.no_grad():
+        return model.eval()(torch.zeros(1, 3, h, w))[0]
 
 
 def test_unknown_model_is_a_clear_error() -> None:

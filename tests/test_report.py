@@ -765,3 +765,194 @@ def test_the_report_does_not_import_torch() -> None:
     code = "import sys, ablate.report.__main__, ablate.report.load; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ what the Δs rest on (issue 19: 4, 5, 6)
+
+
+def _frame(values: dict[str, list[float]], **extra: list[object]) -> pd.DataFrame:
+    """Runs of one baseline ``base`` and variants: config -> per-seed mAP50-95 (seeds 0, 1, ...)."""
+    rows = []
+    for name, per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            row = {"config_key": name, "baseline_key": "base", "seed": seed, "status": "ok", "map50_95": v}
+            rows.append(row | {"attn": "none" if name == "base" else "x"})
+    frame = pd.DataFrame(rows)
+    return frame.assign(**{k: v for k, v in extra.items()}) if extra else frame
+
+
+@pytest.mark.parametrize("seeds", [2, 3])
+def test_identical_per_seed_deltas_get_no_p_no_interval_no_mark_and_leave_the_family(seeds: int) -> None:
+    """Every seed 2 points above an unequal baseline: the per-seed Δs agree (s = 0 up to float rounding);
+    that is no evidence, not p = 0. The other variant's p is then adjusted over a family of one."""
+    base = [0.30, 0.33, 0.31][:seeds]
+    runs = _frame(
+        {"base": base, "same": [b + 0.02 for b in base], "other": [b + 0.01 * s for s, b in enumerate(base)]}
+    )
+    s = statistics.summarize(runs).set_index("config_key")
+    same = s.loc["same"]
+    assert same["delta_map50_95"] == pytest.approx(0.02) and same["delta_map50_95_n"] == seeds
+    assert same["delta_map50_95_identical"] and not s.loc["other", "delta_map50_95_identical"]
+    for col in ("p", "p_adj", "ci_low", "ci_high", "seeds_needed"):
+        assert math.isnan(same[f"delta_map50_95_{col}"]), col
+    assert not same["delta_map50_95_sig"]
+    assert statistics.family_size(s) == 1  # only "other"
+    other = s.loc["other"]
+    assert other["delta_map50_95_p_adj"] == pytest.approx(other["delta_map50_95_p"])  # Holm over m = 1
+    # equal values on every seed (a configuration, here the variant, whose seeds changed nothing)
+    flat = statistics.summarize(_frame({"base": base, "flat": [0.4] * seeds})).set_index("config_key")
+    assert flat.loc["flat", "seeds_identical"] and not flat.loc["base", "seeds_identical"]
+    flat_base = statistics.summarize(_frame({"base": [0.3] * seeds, "v": base})).set_index("config_key")
+    assert flat_base.loc["base", "seeds_identical"] and not flat_base.loc["v", "seeds_identical"]
+    assert list(statistics.identical_rows(flat_base).index) == ["base"]
+
+
+def test_identical_seeds_are_said_in_the_cells_the_footnote_the_terminal_and_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    values = {  # (attn, pos) -> per-seed mAP50-95: fla's two seeds agree, rala is 5 points up on both seeds
+        ("none", "none"): [0.30, 0.32],
+        ("rala", "neck"): [0.35, 0.37],
+        ("fla", "neck"): [0.33, 0.33],
+    }
+    for (attn, pos), per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            rec = _record(HASH_Q, "shapes", attn, pos, seed, map50=v + 0.2, map50_95=v, ap_small=v - 0.1)
+            write_record(run_dir(tmp_path, rec.key), rec)
+    with caplog.at_level(logging.WARNING, logger="ablate.report"):
+        report = reporting.make_tables(tmp_path, figures=False)
+    md = Path(report.md).read_text()
+    rows = {ln.split(" | ")[1]: ln for ln in md.splitlines() if ln.startswith("| ") and " | " in ln}
+    rala, fla = rows["rala"], rows["fla"]
+    assert "**36.0** ± 1.4 (+5.0; identical seeds, n=2)" in rala and "†" not in rala and "[" not in rala
+    assert "33.0 (identical seeds) (+2.0 [" in fla and "±" not in fla.split(" | ")[6]
+    assert "31.0 ± 1.4" in rows["none (baseline)"] and "identical" not in rows["none (baseline)"]
+    note = next(ln for ln in md.splitlines() if ln.startswith("- Identical seeds"))
+    assert note.startswith("- Identical seeds (2 rows: shapes: neck fla; shapes: neck rala): ")
+    assert "no interval, p or mark" in note and "ultralytics issue #6820" in note
+    text = render.format_summary(report.summary)
+    cause = "zero spread, so no interval, p or mark; " + statistics.IDENTICAL_CAUSE + "."
+    assert [ln for ln in text.splitlines() if ln.startswith("warning: ")] == [
+        "warning: shapes neck fla: metrics identical on seeds 0, 1: " + cause,
+        "warning: shapes neck rala: the same Δ on every paired seed (seeds 0, 1): " + cause,
+    ]
+    rala_line = next(ln for ln in text.splitlines() if " rala " in ln)
+    assert "identical seeds: no test" in rala_line and "†" not in rala_line
+    logged = [r.getMessage() for r in caplog.records if "#6820" in r.getMessage()]
+    assert len(logged) == 2 and logged[1].startswith("shapes neck rala: the same Δ")
+    tex = Path(report.tex).read_text()
+    assert "Identical seeds (2 rows: shapes: neck fla; shapes: neck rala)" in tex
+    assert r"issue \#6820" in tex and r"(+5.0; identical seeds, $n{=}2$)" in tex and tex.isascii()
+
+
+def test_pairs_that_fine_tuned_different_base_runs_are_left_out_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Warm start, seeds 0-2: on seed 2 the variant fine-tuned base run B and the baseline base run A."""
+    values = {("none", "none"): [0.30, 0.32, 0.31], ("rala", "neck"): [0.34, 0.35, 0.20]}
+    for (attn, pos), per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            init_run = "baseB" if (attn, seed) == ("rala", 2) else "baseA"
+            rec = _record(HASH_Q, "shapes", attn, pos, seed, init="warm", init_run=init_run, map50_95=v)
+            write_record(run_dir(tmp_path, rec.key), rec)
+    with caplog.at_level(logging.WARNING, logger="ablate.report"):
+        report = reporting.make_tables(tmp_path, figures=False)
+    row = _summary_row(report, HASH_Q, "shapes", "rala", "neck")
+    assert row["delta_map50_95_n"] == 2 and row["paired_seeds"] == 3 and row["base_mismatch"] == 1
+    assert row["delta_map50_95"] == pytest.approx(np.mean([0.04, 0.03]))  # seeds 0 and 1 only
+    assert row["delta_map50_95_p"] == pytest.approx(stats.ttest_rel([0.34, 0.35], [0.30, 0.32]).pvalue)
+    line = (
+        "1 (variant, baseline) seed pair left out of Δ: on that seed the variant and its baseline fine-tuned "
+        "different base runs (init_run differs); re-run them from one base."
+    )
+    assert f"- {line}" in Path(report.md).read_text()
+    assert f"warning: {line}" in render.format_summary(report.summary)
+    assert line in [r.getMessage() for r in caplog.records]
+    assert r"init\_run differs" in Path(report.tex).read_text()
+
+
+def test_no_pair_when_every_common_seed_has_another_base(tmp_path: Path) -> None:
+    for attn, pos, init_run in (("none", "none", "baseA"), ("rala", "neck", "baseB")):
+        for seed in (0, 1):
+            rec = _record(
+                HASH_Q, "shapes", attn, pos, seed, init="warm", init_run=init_run, map50_95=0.3 + seed / 50
+            )
+            write_record(run_dir(tmp_path, rec.key), rec)
+    report = reporting.make_tables(tmp_path, figures=False)
+    row = _summary_row(report, HASH_Q, "shapes", "rala", "neck")
+    assert row["delta_map50_95_n"] == 0 and row["base_mismatch"] == row["paired_seeds"] == 2
+    assert math.isnan(row["delta_map50_95"]) and report.baseline_commands == []  # the baseline exists
+    rala = next(ln for ln in render.format_summary(report.summary).splitlines() if " rala " in ln)
+    assert "no pair: different base runs" in rala
+    assert "2 (variant, baseline) seed pairs left out of Δ: on those seeds" in Path(report.md).read_text()
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one-way", "mixed"])
+def test_the_footnote_and_the_terminal_say_how_ap_was_evaluated(tmp_path: Path, mixed: bool) -> None:
+    from ablate.evaluation import BEST_ON_TEST, LAST_ON_VAL
+
+    for attn, pos in (("none", "none"), ("rala", "neck")):
+        for seed in (0, 1):
+            how = BEST_ON_TEST if mixed and attn == "rala" else LAST_ON_VAL
+            rec = _record(HASH_Q, "shapes", attn, pos, seed, map50_95=0.3 + seed / 50 + (attn == "rala") / 40)
+            rec.evaluated = how
+            write_record(run_dir(tmp_path, rec.key), rec)
+    report = reporting.make_tables(tmp_path, figures=False)
+    md, text = Path(report.md).read_text(), render.format_summary(report.summary)
+    if not mixed:
+        expected = (
+            "AP evaluated: last epoch on val (the final epoch's weights on the val split, no checkpoint "
+            "selected on it)."
+        )
+        assert f"- {expected}" in md and expected in text.splitlines()
+        assert "best-on-val" not in md
+    else:
+        note = next(ln for ln in md.splitlines() if ln.startswith("- AP evaluated: "))
+        assert (
+            "last epoch on val (the final epoch's weights on the val split, no checkpoint selected on it, "
+            "1 configuration)" in note
+        )
+        assert (
+            "best-on-val, reported on test (the checkpoint with the best val fitness (best.pt), scored on "
+            "the held-out test split, 1 configuration)" in note
+        )
+        assert "not comparable" in note
+    assert report.summary["evaluated"].tolist() == (
+        [LAST_ON_VAL, BEST_ON_TEST] if mixed else [LAST_ON_VAL, LAST_ON_VAL]
+    )
+
+
+def test_records_without_evaluated_say_so(made: tuple[Path, reporting.Report]) -> None:
+    results, _ = made
+    md = (results / "tables" / "ablation.md").read_text()
+    assert "- AP evaluated: unknown (not recorded (runs from before ablate recorded it" in md
+
+
+def test_latex_with_the_identical_mismatch_and_evaluated_notes_compiles(tmp_path: Path) -> None:
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not on PATH (apt-get install texlive-latex-base texlive-latex-recommended)")
+    from ablate.evaluation import BEST_ON_TEST, LAST_ON_VAL
+
+    results = tmp_path / "results"
+    values = {("none", "none"): [0.30, 0.32, 0.31], ("rala", "neck"): [0.35, 0.37, 0.36]}
+    for (attn, pos), per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            init_run = "base_B" if (attn, seed) == ("rala", 2) else "base_A"
+            rec = _record(HASH_Q, "shapes", attn, pos, seed, init="warm", init_run=init_run, map50_95=v)
+            rec.evaluated = BEST_ON_TEST if attn == "rala" else LAST_ON_VAL
+            write_record(run_dir(results, rec.key), rec)
+    tex = Path(reporting.make_tables(results, figures=False).tex).read_text()
+    assert "Identical seeds (1 row" in tex and "seed pair left out of $\\Delta$" in tex
+    assert "AP evaluated: last epoch on val" in tex and "best-on-val, reported on test" in tex
+    doc = tmp_path / "doc.tex"
+    doc.write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + tex + "\\end{document}\n"
+    )
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]

@@ -4,6 +4,7 @@ class-count skips, clear errors; replace-mode initialisation; no weight decay wh
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ from ablate.weights import apply_transfer, plan_transfer, read_checkpoint
 from .test_compose import presets
 
 NC = 5
+REPO = Path(__file__).resolve().parents[1]
 INSERT_PRESETS = {
     model: {k: v for k, v in presets(model).items() if v["mode"] == "after"}
     for model in ("yolo12n", "yolo11n")
@@ -151,7 +153,11 @@ def test_detect_class_tensors_are_skipped_when_nc_differs(checkpoints: dict[str,
     model_nc = 3 if nc == 3 else NC
     _, transfer = transferred("yolo12n", checkpoints[src], Placement("rala", (14,)), nc=model_nc)
     src_nc = NC if nc == 3 else 80
-    assert transfer.skipped and all(n.startswith("model.21.cv3.") for n, _ in transfer.skipped)
+    # the Detect tensors whose shape depends on nc, from two fresh builds (independent of the transfer)
+    ours, theirs = (build_model(base_model_yaml("yolo12n", k)).state_dict() for k in (model_nc, src_nc))
+    differing = {n for n, t in theirs.items() if t.shape != ours[n].shape}
+    assert {n for n, _ in transfer.skipped} == differing
+    assert all(n.startswith("model.21.cv3.") for n in differing)
     assert {r for _, r in transfer.skipped} == {f"Detect class-dependent, nc {src_nc} -> {model_nc}"}
     assert transfer.transferred + len(transfer.skipped) == transfer.total == 691
     if nc == 3:  # yolo12n's class branch is max(64, nc) wide: only its last conv depends on nc <= 64
@@ -161,6 +167,104 @@ def test_detect_class_tensors_are_skipped_when_nc_differs(checkpoints: dict[str,
 def test_a_plain_state_dict_works_like_a_checkpoint(checkpoints: dict[str, Path]) -> None:
     _, transfer = transferred("yolo12n", checkpoints["state-dict"], Placement("fla", (17,)))
     assert (transfer.transferred, transfer.total) == (691, 691)
+    saved = torch.load(checkpoints["state-dict"], weights_only=True)
+    assert torch.equal(transfer.state["model.0.conv.weight"], saved["model.0.conv.weight"])
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    return perturbed_base("yolo12n", seed=seed).state_dict()
+
+
+@pytest.mark.parametrize("ema_value", ["state", "module", "none", "empty"])
+def test_ema_is_preferred_to_model_as_ultralytics_load_checkpoint_does(
+    tmp_path: Path, ema_value: str
+) -> None:
+    """``ckpt.get("ema") or ckpt.get("model")``: a state dict or a model under ``ema`` wins over ``model``;
+    an empty or None ``ema`` (ultralytics' final checkpoints) falls back to ``model``."""
+    model_state, ema_state = _state(1), _state(2)
+    ema = {
+        "state": ema_state,
+        "module": perturbed_base("yolo12n", seed=2),
+        "none": None,
+        "empty": {},
+    }[ema_value]
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model_state, "ema": ema, "epoch": 3}, path)
+    expected = ema_state if ema_value in ("state", "module") else model_state
+    got = read_checkpoint(path).state
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+class Opaque:
+    """Anything torch's weights-only unpickler does not allow."""
+
+
+def _spy_torch_load(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    seen: list[object] = []
+    real = torch.load
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    return seen
+
+
+def test_safe_load_reads_a_composed_checkpoint_weights_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ULTRALYTICS_SAFE_LOAD=1 an ultralytics-style checkpoint of a composed model (our module classes
+    inside ultralytics' and torch's) is read with weights_only=True, tensors intact."""
+    cd = compose(base_model_yaml("yolo12n", NC), Placement("rala", (14,)), "yolo12n")
+    model = build_model(cd)
+    path = tmp_path / "composed.pt"
+    torch.save(
+        {"model": None, "ema": copy.deepcopy(model).half(), "epoch": 2, "train_args": {"lr0": 0.01}}, path
+    )
+    monkeypatch.setenv("ULTRALYTICS_SAFE_LOAD", "1")
+    seen = _spy_torch_load(monkeypatch)
+    ckpt = read_checkpoint(path)
+    assert seen == [True]
+    assert ckpt.state.keys() == model.state_dict().keys() and ckpt.nc == NC
+    w = "model.15.attn.qkvo.weight"
+    assert torch.equal(ckpt.state[w], model.state_dict()[w].half())
+    monkeypatch.setenv("ULTRALYTICS_SAFE_LOAD", "0")  # off: ultralytics' default, weights_only=False
+    read_checkpoint(path)
+    assert seen == [True, False]
+
+
+def test_safe_load_refuses_a_file_that_needs_unsafe_loading_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "opaque.pt"
+    torch.save({"model": _state(1), "meta": Opaque()}, path)
+    assert len(read_checkpoint(path).state) == 691  # default loading reads it
+    monkeypatch.setenv("ULTRALYTICS_SAFE_LOAD", "true")
+    with pytest.raises(AblateError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"model.weights={str(path)!r} needs unsafe loading")
+    assert "tests.test_weights.Opaque" in message and "unset ULTRALYTICS_SAFE_LOAD" in message
+
+
+def test_safe_load_error_is_one_error_line_on_the_cli(tmp_path: Path) -> None:
+    """python -m ablate with model.weights of a file that needs unsafe loading, under the flag: one line."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "opaque.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "meta": Opaque()}, path)
+    env = {**os.environ, "ULTRALYTICS_SAFE_LOAD": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ablate", "action=inspect", f"model.weights={path}", "logger=none",
+         f"results.dir={tmp_path / 'r'}", f"data.dir={tmp_path / 'd'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-2000:]
+    assert "needs unsafe loading" in lines[0] and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -177,7 +281,12 @@ def test_checkpoint_of_another_scale_or_family_is_an_error_naming_a_tensor(
         transferred("yolo12n", checkpoints[source], Placement("rala", (14,)))
     assert "\n" not in str(err.value) and "model.weights_strict=false" in str(err.value)
     _, transfer = transferred("yolo12n", checkpoints[source], Placement("rala", (14,)), strict=False)
-    assert transfer.skipped and transfer.transferred + len(transfer.skipped) == transfer.total
+    # not strict: exactly the tensors of the base model's name and shape arrive (an insertion at 14
+    # changes where they go, not which fit), every other one is skipped with its reason
+    ckpt, base = read_checkpoint(checkpoints[source]).state, build_model(base_model_yaml("yolo12n", NC))
+    fits = {n for n, t in ckpt.items() if n in base.state_dict() and base.state_dict()[n].shape == t.shape}
+    assert transfer.transferred == len(fits) < transfer.total
+    assert {n for n, _ in transfer.skipped} == set(ckpt) - fits
 
 
 def test_files_that_are_no_checkpoint_are_clear_errors(tmp_path: Path) -> None:

@@ -20,7 +20,10 @@ Reads every ``<results>/runs/*/record.json`` and writes into ``<results>``:
   in order, custom placements by layer index), then attention; Params (M), GFLOPs and Latency (ms) (the
   measurement phase's median, ``(r×)`` its ratio to the baseline timed in the same rounds), then mAP50,
   mAP50-95 and AP_S per dataset in %, as ``mean ± std (Δ [CI low, CI high]†)``: † where the adjusted p
-  is below α; a Δ on one paired seed shows ``n=1`` and never a mark. The caption names the test, the
+  is below α; a Δ on one paired seed shows ``n=1`` and never a mark; seeds that gave identical results
+  (zero spread) show ``identical seeds``, no interval and no mark, and are warned about. The footnotes
+  say how AP was evaluated (the records' ``evaluated``) and how many seed pairs were left out of Δ
+  because variant and baseline fine-tuned different base runs. The caption names the test, the
   interval, the correction, the family size and α. Bold: the best value per column and block.
 * ``figures/`` (:mod:`.figures`): mAP50-95 against latency and GFLOPs with the Pareto front, the
   attention × position heat map of Δ mAP50-95 and, for position scans (single-layer custom placements
@@ -52,8 +55,8 @@ from .hints import warn_missing_baselines
 from .labels import label, train_notes
 from .layout import build_table
 from .load import filter_runs, load_records, runs_frame, with_latency, write_runs
-from .render import format_summary, to_latex, to_markdown
-from .statistics import StatOptions, summarize
+from .render import base_mismatch_text, format_summary, to_latex, to_markdown
+from .statistics import StatOptions, identical_rows, identical_text, summarize
 from .workers import FigurePool  # light (matplotlib is imported when drawing); samples idle CPUs
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,16 @@ def labelled_summary(
 ) -> pd.DataFrame:
     """The statistics of ``runs`` (Δs against baselines in ``reference``), then their labels and order."""
     return label(summarize(runs, reference, options), train_notes(runs))
+
+
+def warn_what_deltas_rest_on(summary: pd.DataFrame) -> None:
+    """Log a warning per configuration whose seeds gave identical results, and one for the (variant,
+    baseline) seed pairs left out of Δ because they fine-tuned different base runs."""
+    for r in identical_rows(summary).to_dict("records"):
+        log.warning("%s", identical_text(r, f"{r['dataset']} {r['pos_label']} {r['attn_label']}: "))
+    mismatched = int(summary["base_mismatch"].sum()) if "base_mismatch" in summary else 0
+    if mismatched:
+        log.warning("%s", base_mismatch_text(mismatched))
 
 
 def tabulated(runs: pd.DataFrame, where: Mapping[str, Any] | None) -> pd.DataFrame:
@@ -132,6 +145,7 @@ def make_tables(
         if pool is not None:  # drawn in the workers while the files below are written
             pool.submit(summary, results_dir / "figures", results_dir / "bench" / "modules.csv")
         commands = warn_missing_baselines(summary, runs)
+        warn_what_deltas_rest_on(summary)
         n_failed = int((runs["status"] != "ok").sum())
         table = build_table(summary, n_failed, options)
         t2 = time.perf_counter()

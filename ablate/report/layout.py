@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .columns import AP_COLUMNS, HIGHER_IS_BETTER, LATENCY_SETTINGS, MEASURE_COLUMNS
-from .statistics import StatOptions, detectable_delta, family_size
+from .statistics import StatOptions, detectable_delta, family_size, identical_rows
 
 DETECT_AT = (3, 5, 10)  # seed counts of the single-seed hint (as make calibrate prints them)
 
@@ -30,6 +30,8 @@ class Cell:
     delta_n: int = 0
     ci: tuple[float, float] | None = None  # the Δ's confidence interval (n ≥ 2 paired seeds)
     sig: bool = False  # adjusted p < α
+    identical: bool = False  # the same Δ on every paired seed (n ≥ 2): no interval, no p, no mark
+    seeds_identical: bool = False  # the configuration's metrics are identical on its ≥ 2 seeds
     baseline_missing: bool = False
     bold: bool = False
     ratio: float | None = None  # latency: the ratio to the baseline timed in the same rounds
@@ -66,6 +68,9 @@ class Table:
     single_seed: list[SingleSeed] = field(default_factory=list)  # Δ cells from one paired seed: not evidence
     latency_apart: int = 0  # latency cells timed in another phase than their baseline's (no ratio)
     latency_load: list[str] = field(default_factory=list)  # the load of measurements timed on a busy machine
+    identical: list[str] = field(default_factory=list)  # rows whose seeds gave identical results
+    base_mismatch: int = 0  # (variant, baseline) seed pairs left out of Δ: different base runs
+    evaluated: dict[str, int] = field(default_factory=dict)  # how AP was evaluated -> configurations
 
 
 @dataclass
@@ -162,6 +167,9 @@ def build_table(summary: pd.DataFrame, n_failed: int = 0, options: StatOptions |
         options or StatOptions(),
         family_size(s),
         single_seed_hints(s, options or StatOptions()),
+        identical=_identical_labels(s),
+        base_mismatch=int(s["base_mismatch"].sum()) if "base_mismatch" in s else 0,
+        evaluated=_evaluated(s),
     )
     table.latency_apart = sum(r.cells[("", "latency_ms")].apart for b in blocks for r in b.rows)
     table.latency_load = _latency_load(s)
@@ -197,6 +205,24 @@ def _latency_load(s: pd.DataFrame) -> list[str]:
     return out
 
 
+def _identical_labels(s: pd.DataFrame) -> list[str]:
+    """``dataset: position attention`` of every row whose seeds gave identical results."""
+    rows = identical_rows(s).to_dict("records")
+    return [f"{r['dataset']}: {r['pos_label']} {r['attn_label']}" for r in rows]
+
+
+def _evaluated(s: pd.DataFrame) -> dict[str, int]:
+    """How the table's AP was evaluated (the records' ``evaluated``) -> number of configurations; rows with
+    AP but no such record field count under ""."""
+    if "evaluated" not in s:
+        return {}
+    has_ap = s[[f"{m}_mean" for m, _ in AP_COLUMNS]].notna().any(axis=1)
+    counts: dict[str, int] = {}
+    for value in s.loc[has_ap, "evaluated"].fillna("").astype(str):
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
 def _threads(n: int) -> str:
     return f"{n} thread{'s' if n != 1 else ''}"
 
@@ -223,6 +249,7 @@ def _ap_cell(r: Mapping[str, Any], m: str, base: bool) -> Cell:
     if mean is None:
         return Cell()
     cell = Cell(mean * 100, (_f(r[f"{m}_std"]) or 0.0) * 100, int(r[f"{m}_n"]))
+    cell.seeds_identical = bool(r.get("seeds_identical", False)) and cell.n >= 2
     if not base:
         delta = _f(r.get(f"delta_{m}"))
         k = int(r.get(f"delta_{m}_n", 0) or 0)
@@ -231,7 +258,9 @@ def _ap_cell(r: Mapping[str, Any], m: str, base: bool) -> Cell:
         else:
             cell.delta, cell.delta_n = delta * 100, k
             low, high = _f(r.get(f"delta_{m}_ci_low")), _f(r.get(f"delta_{m}_ci_high"))
-            if k >= 2 and low is not None and high is not None:
+            if k >= 2 and bool(r.get(f"delta_{m}_identical", False)):
+                cell.identical = True
+            elif k >= 2 and low is not None and high is not None:
                 cell.ci = (low * 100, high * 100)
                 cell.sig = bool(r.get(f"delta_{m}_sig", False))
     return cell

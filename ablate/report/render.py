@@ -7,9 +7,17 @@ from typing import Any
 
 import pandas as pd
 
+from ..evaluation import BEST_ON_TEST, LAST_ON_VAL
 from .columns import AP_COLUMNS, AP_LATEX, DASH, MEASURE_COLUMNS
-from .layout import Cell, Row, SingleSeed, Table, _decimals, _f, single_seed_hints
-from .statistics import CORRECTION_NAMES, StatOptions, family_size
+from .layout import Cell, Row, SingleSeed, Table, _decimals, _evaluated, _f, single_seed_hints
+from .statistics import (
+    CORRECTION_NAMES,
+    IDENTICAL_CAUSE,
+    StatOptions,
+    family_size,
+    identical_rows,
+    identical_text,
+)
 
 DAGGER_TEX, GEQ_TEX = r"^\dagger", r"$\geq$"
 
@@ -50,7 +58,9 @@ def _cell_text(cell: Cell, decimals: int, n_modal: int, latex: bool, measure: bo
     mean = _num(cell.mean, decimals)
     mean = (rf"\textbf{{{mean}}}" if latex else f"**{mean}**") if cell.bold else mean
     text = mean
-    if cell.n >= 2 and cell.std is not None and not (measure and round(cell.std, decimals) == 0):
+    if cell.seeds_identical:
+        text += " (identical seeds)"
+    elif cell.n >= 2 and cell.std is not None and not (measure and round(cell.std, decimals) == 0):
         text += (r" $\pm$ " if latex else " ± ") + _num(cell.std, decimals)
     if cell.n != n_modal:
         text += rf"${{}}_{{n={cell.n}}}$" if latex else f" (n={cell.n})"
@@ -71,9 +81,13 @@ def _signed(v: float, decimals: int, latex: bool) -> str:
 
 
 def _delta_text(cell: Cell, decimals: int, latex: bool) -> str:
-    """``+0.3 [−0.1, +0.7]†`` (interval, mark where the adjusted p < α) or ``+0.3; n=1``."""
+    """``+0.3 [−0.1, +0.7]†`` (interval, mark where the adjusted p < α), ``+0.3; n=1``, or
+    ``+0.3; identical seeds, n=3`` (the same Δ on every paired seed: no interval, no mark)."""
     assert cell.delta is not None
     delta = _signed(cell.delta, decimals, latex)
+    if cell.identical:
+        n = f"$n{{=}}{cell.delta_n}$" if latex else f"n={cell.delta_n}"
+        return f"{delta}; identical seeds, {n}"
     if cell.ci is None:
         return f"{delta}; $n{{=}}{cell.delta_n}$" if latex else f"{delta}; n={cell.delta_n}"
     low, high = (_signed(v, decimals, latex) for v in cell.ci)
@@ -144,10 +158,69 @@ def _notes(table: Table, latex: bool) -> list[str]:
         notes.append(
             "Warm start: each seed fine-tunes its own base checkpoint, trained from scratch with that seed."
         )
+    notes += _identity_notes(table, latex)
     if table.missing_baseline:
         notes.append(f"({'---' if latex else DASH}): no baseline run with the same seeds.")
     if table.n_failed:
         notes.append(f"{table.n_failed} failed run{'s' if table.n_failed != 1 else ''} excluded.")
+    return notes
+
+
+EVALUATED_TEXT = {
+    LAST_ON_VAL: "the final epoch's weights on the val split, no checkpoint selected on it",
+    BEST_ON_TEST: "the checkpoint with the best val fitness (best.pt), scored on the held-out test split",
+    "": "not recorded (runs from before ablate recorded it: best.pt, possibly selected on the val split "
+    "it is scored on)",
+}
+
+
+def _text_or_tex(text: str, latex: bool) -> str:
+    """``text`` as is, or for LaTeX: specials escaped, Δ as ``$\\Delta$``."""
+    return latex_escape(text.replace("Δ", "\x00")).replace("\x00", r"$\Delta$") if latex else text
+
+
+def evaluated_text(evaluated: dict[str, int], latex: bool = False) -> str:
+    """``AP evaluated: last epoch on val (…).``: which checkpoint on which split the AP columns come from."""
+    parts = []
+    for value, n in evaluated.items():
+        what = "; ".join(EVALUATED_TEXT.get(v, v) for v in value.split("; ")) if value else EVALUATED_TEXT[""]
+        count = f", {n} configuration{'s' * (n != 1)}" if len(evaluated) > 1 else ""
+        parts.append(f"{value or 'unknown'} ({what}{count})")
+    text = f"AP evaluated: {'; '.join(parts)}."
+    if len(evaluated) > 1:
+        text += " Rows evaluated differently are not comparable; Δs pair runs of one configuration."
+    return _text_or_tex(text, latex)
+
+
+def base_mismatch_text(pairs: int, latex: bool = False) -> str:
+    """The (variant, baseline) seed pairs left out of Δ because they fine-tuned different base runs."""
+    text = (
+        f"{pairs} (variant, baseline) seed pair{'s' * (pairs != 1)} left out of Δ: on "
+        f"{'those seeds' if pairs != 1 else 'that seed'} the variant and its baseline fine-tuned different "
+        "base runs (init_run differs); re-run them from one base."
+    )
+    return _text_or_tex(text, latex)
+
+
+def identical_note(rows: list[str], latex: bool = False) -> str:
+    """The footnote on rows whose seeds gave identical results."""
+    text = (
+        f"Identical seeds ({len(rows)} row{'s' * (len(rows) != 1)}: {'; '.join(rows)}): the seeds gave "
+        "identical metrics or the same Δ on every paired seed. Zero spread is no evidence: no interval, p "
+        f"or mark; {IDENTICAL_CAUSE}."
+    )
+    return _text_or_tex(text, latex)
+
+
+def _identity_notes(table: Table, latex: bool) -> list[str]:
+    """Footnotes on what the Δs rest on: identical seeds, pairs with different bases, how AP was evaluated."""
+    notes = []
+    if table.identical:
+        notes.append(identical_note(table.identical, latex))
+    if table.base_mismatch:
+        notes.append(base_mismatch_text(table.base_mismatch, latex))
+    if table.evaluated:
+        notes.append(evaluated_text(table.evaluated, latex))
     return notes
 
 
@@ -291,8 +364,12 @@ def _hint(r: Mapping[str, Any], m: str = "map50_95") -> str:
     if not r.get("baseline_found", False):
         return "no baseline"
     k = int(r.get(f"delta_{m}_n", 0) or 0)
+    if k == 0 and r.get("base_mismatch"):
+        return "no pair: different base runs"
     if k == 0:
         return "no common seed with baseline" if not r.get("paired_seeds") else "baseline lacks it"
+    if k >= 2 and r.get(f"delta_{m}_identical"):
+        return "identical seeds: no test (ultralytics #6820)"
     need = _f(r.get(f"delta_{m}_seeds_needed"))
     more = "" if need is None else f": ~{int(need) if need < 1000 else '1000+'} seeds"
     if k < 2:
@@ -367,4 +444,14 @@ def format_summary(summary: pd.DataFrame, options: StatOptions | None = None) ->
         f"{failed} failed run{'s' * (failed != 1)} excluded."
     )
     out += [single_seed_text(hint) for hint in single_seed_hints(s, options)]
+    out += [
+        "warning: " + identical_text(r, f"{r['dataset']} {r['pos_label']} {r['attn_label']}: ")
+        for r in identical_rows(s).to_dict("records")
+    ]
+    mismatched = int(s["base_mismatch"].sum()) if "base_mismatch" in s else 0
+    if mismatched:
+        out.append("warning: " + base_mismatch_text(mismatched))
+    evaluated = _evaluated(s)
+    if evaluated:
+        out.append(evaluated_text(evaluated))
     return "\n".join(out)

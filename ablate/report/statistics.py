@@ -11,8 +11,10 @@ paired comparison with its baseline (``baseline_key``) over the seeds both have:
   interval of the mean over ``resamples`` resamples of the seeds, fixed seed). n < 2: none. With few
   seeds the bootstrap interval is too narrow (it cannot be wider than the observed differences); the
   t interval is the default for that reason;
-* ``delta_<m>_p``: two-sided paired t-test (t = mean/(s/√n), n − 1 degrees of freedom; n ≥ 2; zero
-  spread: p = 0 for a non-zero difference, 1 for none);
+* ``delta_<m>_p``: two-sided paired t-test (t = mean/(s/√n), n − 1 degrees of freedom; n ≥ 2). Zero
+  spread (every paired seed gave the same Δ, s ≤ :data:`ZERO_SPREAD`) is no evidence: no p, no interval,
+  no mark, and no place in the family; ``delta_<m>_identical`` flags it (the seed usually varied
+  nothing: ultralytics issue #6820);
 * ``delta_<m>_p_adj``: p adjusted over the table's family — every comparison with a p value on the
   metrics of :data:`~.columns.FAMILY_METRICS` (the Δ cells the table prints) — by Holm (default) or
   Benjamini–Hochberg; NaN for comparisons outside the family;
@@ -20,28 +22,57 @@ paired comparison with its baseline (``baseline_key``) over the seeds both have:
 * ``delta_<m>_sigma``: the seed-to-seed spread behind the seeds hint: pooled over the paired seeds,
   σ² = (s²_variant + s²_baseline)/2, or, with fewer than 2 paired seeds, the baseline's std over its own
   seeds (else the variant's);
-* ``delta_<m>_seeds_needed``: where not significant, the seeds per arm n ≈ 2(z_{1−α'/2} + z_{0.8})²σ²/δ²
-  (at least 2) that a Δ of the observed size needs, with α' = α/m (the strictest step of the
-  correction, m the family size; α' = α uncorrected). A paired test usually needs fewer.
+* ``delta_<m>_seeds_needed``: where not significant (and the spread is not zero), the seeds per arm
+  n ≈ 2(z_{1−α'/2} + z_{0.8})²σ²/δ² (at least 2) that a Δ of the observed size needs, with α' = α/m
+  (the strictest step of the correction, m the family size; α' = α uncorrected). A paired test usually
+  needs fewer.
+
+A variant and its baseline are paired on a seed only when they started from the same run: ``init_run``
+(the warm start's base run; empty from scratch) equal. Seeds where both have ok runs but different bases
+are left out of Δ and counted in ``base_mismatch``. Per configuration, ``seeds_identical`` flags metrics
+identical on ≥ 2 seeds (every AP metric with ≥ 2 values has zero spread) and ``evaluated`` says which
+checkpoint on which split the AP comes from (the records' field; distinct values joined by ``; ``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..errors import AblateError
-from .columns import CONFIG_COLUMNS, DELTA_METRICS, FAMILY_METRICS, METRICS
+from .columns import AP_METRICS, CONFIG_COLUMNS, DELTA_METRICS, FAMILY_METRICS, METRICS
 
 ALPHA = 0.05  # two-sided significance level (the CIs are at 1 − α)
 POWER = 0.8
 CI_METHODS = ("t", "bootstrap")
 CORRECTIONS = ("holm", "bh", "none")
 CORRECTION_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "no correction"}
-DELTA_SUFFIXES = ("", "_std", "_n", "_ci_low", "_ci_high", "_p", "_p_adj", "_sig", "_sigma", "_seeds_needed")
+DELTA_SUFFIXES = (
+    "",
+    "_std",
+    "_n",
+    "_ci_low",
+    "_ci_high",
+    "_p",
+    "_p_adj",
+    "_sig",
+    "_identical",
+    "_sigma",
+    "_seeds_needed",
+)
+# a spread at or below this is zero: metrics are fractions that ultralytics rounds to 5 decimals, and
+# equal per-seed differences of unequal values differ by float rounding (~1e-17), not by training
+ZERO_SPREAD = 1e-9
+# why identical seeds are suspicious, for the table and the terminal
+IDENTICAL_CAUSE = (
+    "usually the seed varied nothing (ultralytics issue #6820: YOLO gave identical results for "
+    "different seeds)"
+)
 
 
 @dataclass(frozen=True)
@@ -182,9 +213,10 @@ def summarize(
 
     ``reference`` holds the runs baselines are looked up in (default: ``runs``). Columns: ``n`` (ok
     runs), ``n_failed``, ``seeds``, ``init_runs`` (warm start: bases behind the seeds), the
-    configuration columns, ``<m>_mean``/``_std``/``_n`` for every metric, ``baseline_found``,
-    ``paired_seeds`` and the ``delta_<m>_*`` columns of the module docstring. Rows in first-seen order;
-    labels and table order are added by :mod:`.labels`.
+    configuration columns, ``<m>_mean``/``_std``/``_n`` for every metric, ``seeds_identical``,
+    ``evaluated``, ``baseline_found``, ``paired_seeds``, ``base_mismatch`` and the ``delta_<m>_*``
+    columns of the module docstring. Rows in first-seen order; labels and table order are added by
+    :mod:`.labels`.
     """
     options = options or StatOptions()
     runs = with_metric_columns(runs)
@@ -209,6 +241,8 @@ def summarize(
         axis=1,
     )
     summary = summary.join(seeds.rename("seeds")).join(stats)
+    summary = summary.join(identical_seeds(stats).rename("seeds_identical"))
+    summary = summary.join(g["evaluated"].agg(_distinct).rename("evaluated"))
     summary = summary.join(paired_deltas(ok, reference, summary, options))
     only_failed = runs[~runs["config_key"].isin(summary.index)]
     if not only_failed.empty:  # configurations whose every run failed: listed, n = 0
@@ -219,9 +253,14 @@ def summarize(
     summary["n"] = summary["n"].fillna(0).astype(int)
     summary["seeds"] = [v if isinstance(v, str) else "" for v in summary["seeds"]]
     summary["paired_seeds"] = summary["paired_seeds"].fillna(0).astype(int)
+    summary["base_mismatch"] = summary["base_mismatch"].fillna(0).astype(int)
+    summary["seeds_identical"] = summary["seeds_identical"].astype("boolean").fillna(False).astype(bool)
+    summary["evaluated"] = [v if isinstance(v, str) else "" for v in summary["evaluated"]]
     summary["baseline_found"] = summary["baseline_found"].astype("boolean").fillna(False).astype(bool)
     for m in DELTA_METRICS:
         summary[f"delta_{m}_n"] = summary[f"delta_{m}_n"].fillna(0).astype(int)
+        identical = summary[f"delta_{m}_identical"].astype("boolean").fillna(False)
+        summary[f"delta_{m}_identical"] = identical.astype(bool)
     summary = summary.copy()  # one block per dtype, not hundreds (reset_index would warn)
     summary.index.name = "config_key"
     return correct(summary.reset_index(), options)
@@ -231,10 +270,31 @@ def with_metric_columns(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` with every column the statistics read (NaN where a record lacks it)."""
     missing = {
         c: np.nan
-        for c in (*METRICS, *CONFIG_COLUMNS, "seed", "config_key", "status", "init_run")
+        for c in (*METRICS, *CONFIG_COLUMNS, "seed", "config_key", "status", "init_run", "evaluated")
         if c not in runs
     }
     return runs.assign(**missing) if missing else runs
+
+
+def _distinct(values: pd.Series) -> str:
+    """The distinct non-empty strings of ``values`` in first-seen order, joined by ``; ``."""
+    return "; ".join(dict.fromkeys(str(v) for v in values.dropna() if str(v)))
+
+
+def identical_seeds(stats: pd.DataFrame) -> pd.Series:
+    """Per configuration: its metrics are identical on ≥ 2 seeds (every AP metric with ≥ 2 values has zero
+    spread, and there is one). Cost metrics are left out: they are the architecture's, equal by design."""
+    checked = [m for m in AP_METRICS if f"{m}_n" in stats]
+    counted = pd.DataFrame({m: stats[f"{m}_n"] >= 2 for m in checked})
+    flat = pd.DataFrame({m: stats[f"{m}_std"].abs() <= ZERO_SPREAD for m in checked})
+    return counted.any(axis=1) & (flat | ~counted).all(axis=1)
+
+
+def _by_seed(runs: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """Mean metrics per (configuration, seed), with the run it started from (``init_run``, "" when none)."""
+    runs = runs.assign(init_run=runs["init_run"].astype(object).where(runs["init_run"].notna(), ""))
+    g = runs.groupby(["config_key", "seed"], sort=False)
+    return g[cols].mean().join(g["init_run"].first()).reset_index()
 
 
 def paired_deltas(
@@ -242,8 +302,10 @@ def paired_deltas(
 ) -> pd.DataFrame:
     """Paired Δ statistics per configuration over the seeds it shares with its baseline (before correction).
 
-    ``baseline_found``: the baseline configuration has ok runs; ``paired_seeds``: seeds both have; per
-    metric the mean, std and count of the per-seed differences, the CI, the paired t-test p and σ.
+    ``baseline_found``: the baseline configuration has ok runs; ``paired_seeds``: seeds both have;
+    ``base_mismatch``: those of them on which the two started from different base runs (``init_run``),
+    left out of every Δ; per metric the mean, std and count of the per-seed differences, the CI, the
+    paired t-test p (none at zero spread: ``_identical``) and σ.
     """
     cols = list(DELTA_METRICS)
     out = pd.DataFrame(index=summary.index)
@@ -251,16 +313,19 @@ def paired_deltas(
     out["baseline_found"] = summary["baseline_key"].isin(ref_ok["config_key"]) | (
         summary["baseline_key"] == summary.index
     )
-    variant = ok.groupby(["config_key", "seed"], sort=False)[cols].mean().reset_index()
+    variant = _by_seed(ok, cols)
     variant["baseline_key"] = variant["config_key"].map(summary["baseline_key"])
     variant = variant[variant["baseline_key"] != variant["config_key"]]
     ref_ok = ref_ok[ref_ok["config_key"].isin(variant["baseline_key"])]
-    base_seeds = ref_ok.groupby(["config_key", "seed"], sort=False)[cols].mean()
-    base = base_seeds.reset_index().rename(columns={"config_key": "baseline_key"})
-    base_std = base_seeds.groupby(level=0, sort=False).std(ddof=1)  # the baseline's own seed spread
+    base = _by_seed(ref_ok, cols)
+    base_std = base.groupby("config_key", sort=False)[cols].std(ddof=1)  # the baseline's own seed spread
+    base = base.rename(columns={"config_key": "baseline_key"})
     own_std = variant.groupby("config_key", sort=False)[cols].std(ddof=1)
     pairs = variant.merge(base, on=["baseline_key", "seed"], suffixes=("", "_b"))
     out["paired_seeds"] = pairs.groupby("config_key", sort=False).size()
+    same_base = pairs["init_run"] == pairs["init_run_b"]
+    out["base_mismatch"] = (~same_base).groupby(pairs["config_key"], sort=False).sum()
+    pairs = pairs[same_base].reset_index(drop=True)
     keys = pairs["config_key"]
     diff = pd.DataFrame({m: pairs[m] - pairs[f"{m}_b"] for m in cols}).set_axis(keys)
     dg = diff.groupby(level=0, sort=False)
@@ -276,12 +341,13 @@ def paired_deltas(
     baseline_of = summary["baseline_key"]
     for m in cols:
         d, s, k = mean[m], std[m], n[m]
+        identical = (k >= 2) & (s.abs() <= ZERO_SPREAD)  # zero spread: no evidence either way
         if pairs.empty:
             p = low = high = d
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
                 p = pd.Series(t_test_p(d / (s / np.sqrt(k)), k - 1), index=d.index)
-            p = p.where(s > 0, np.where(d != 0, 0.0, 1.0)).where(k >= 2)
+            p = p.where((k >= 2) & ~identical)
             if options.ci == "bootstrap":
                 bounds = [
                     bootstrap_interval(g.to_numpy(), options.level, options.resamples, options.seed)
@@ -292,6 +358,7 @@ def paired_deltas(
             else:
                 lo, hi = t_interval(d, s.fillna(0.0), k, options.level)
                 low, high = pd.Series(lo, index=d.index), pd.Series(hi, index=d.index)
+            low, high = low.where(~identical), high.where(~identical)
         pooled = np.sqrt((vv[m] + vb[m]) / 2) if not pairs.empty else d
         values = {
             "": d,
@@ -300,6 +367,7 @@ def paired_deltas(
             "_ci_low": low,
             "_ci_high": high,
             "_p": p,
+            "_identical": identical,
             "_sigma_paired": pooled,
         }
         out = out.join(pd.DataFrame({f"delta_{m}{suffix}": v for suffix, v in values.items()}))
@@ -312,6 +380,25 @@ def paired_deltas(
         out[f"delta_{m}_sigma"] = paired.where(out[f"delta_{m}_n"].fillna(0) >= 2, fallback)
         out = out.drop(columns=f"delta_{m}_sigma_paired")
     return out
+
+
+def identical_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The configurations with ok runs whose seeds gave identical results: metrics identical on ≥ 2 seeds
+    (``seeds_identical``) or the same Δ on every paired seed (``delta_<m>_identical`` of a table metric)."""
+    s = summary[summary["n"] > 0] if "n" in summary else summary
+    columns = [c for c in ("seeds_identical", *(f"delta_{m}_identical" for m in FAMILY_METRICS)) if c in s]
+    return s[s[columns].astype(bool).any(axis=1)] if columns else s.iloc[0:0]
+
+
+def identical_text(r: Mapping[str, Any], where: str = "") -> str:
+    """One line for a configuration whose seeds gave identical results (table footnote, terminal, log)."""
+    seeds = str(r.get("seeds") or "").replace(" ", ", ")
+    what = (
+        f"metrics identical on seeds {seeds}"
+        if r.get("seeds_identical")
+        else f"the same Δ on every paired seed (seeds {seeds})"
+    )
+    return f"{where}{what}: zero spread, so no interval, p or mark; {IDENTICAL_CAUSE}."
 
 
 def family_size(summary: pd.DataFrame) -> int:
@@ -342,7 +429,7 @@ def correct(summary: pd.DataFrame, options: StatOptions) -> pd.DataFrame:
         d, sigma = summary[f"delta_{m}"].astype(float), summary[f"delta_{m}_sigma"].astype(float)
         with np.errstate(divide="ignore", invalid="ignore"):
             need = np.ceil(factor * sigma**2 / d**2)
-        has_delta = summary[f"delta_{m}_n"] >= 1
+        has_delta = (summary[f"delta_{m}_n"] >= 1) & ~summary[f"delta_{m}_identical"].astype(bool)
         summary[f"delta_{m}_seeds_needed"] = need.where(~sig & has_delta & np.isfinite(need)).clip(lower=2)
     ordered = [f"delta_{m}{s}" for m in DELTA_METRICS for s in DELTA_SUFFIXES]
     rest = [c for c in summary.columns if c not in set(ordered)]
