@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .weights import apply_transfer
+
 log = logging.getLogger(__name__)
 
 # our names for ultralytics' final validation metrics
@@ -219,7 +221,7 @@ def train_and_validate(
             model = YOLO(str(model_yaml), task="detect")
         built = time.time()
         if initial_state is not None:
-            model.model.load_state_dict(initial_state, strict=False)
+            apply_transfer(model.model, initial_state)  # every tensor must land (ablate.weights)
             model.load(model.model)  # ultralytics' trainer now seeds its model from this one
     timings: dict[str, float] = {}
     if resumed_from is None:

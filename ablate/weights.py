@@ -337,12 +337,23 @@ def _into_replaced(rest: str, base_layer: nn.Module, layer: nn.Module) -> tuple[
     return rest, ""
 
 
-def apply_transfer(model: nn.Module, transfer: Transfer) -> nn.Module:
-    """Load the transferred tensors into ``model`` (a model built from the same composed YAML)."""
-    missing_targets = set(transfer.state) - set(model.state_dict())
+def apply_transfer(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Load transferred tensors (:attr:`Transfer.state`: composed-model names) into ``model``, a model built
+    from the same composed YAML; the one path by which a run's starting tensors enter its model.
+
+    Raises AblateError when a tensor names no tensor of ``model`` or has another shape (the composition
+    and the transfer plan disagree): nothing is silently left at its init.
+    """
+    own = model.state_dict()
+    missing_targets = sorted(set(state) - set(own))
     if missing_targets:
+        raise AblateError(f"weights do not fit this model: {missing_targets[0]} is not one of its tensors")
+    wrong = sorted(k for k, v in state.items() if tuple(own[k].shape) != tuple(v.shape))
+    if wrong:
+        k = wrong[0]
         raise AblateError(
-            f"weights do not fit this model: {sorted(missing_targets)[0]} is not one of its tensors"
+            f"weights do not fit this model: {k} has shape {tuple(state[k].shape)}, the model's "
+            f"{tuple(own[k].shape)}"
         )
-    model.load_state_dict(transfer.state, strict=False)
+    model.load_state_dict(state, strict=False)
     return model

@@ -72,7 +72,7 @@ def transferred(
     cd = compose(d, placement, model)
     composed = build_model(cd)
     transfer = plan_transfer(read_checkpoint(path), build_model(d), cd, composed, model, strict=strict)
-    return apply_transfer(composed, transfer).eval(), transfer
+    return apply_transfer(composed, transfer.state).eval(), transfer
 
 
 def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -363,3 +363,27 @@ def test_the_trainer_refuses_initial_weights_that_did_not_arrive() -> None:
     check_arrived(copy.deepcopy(source), source)  # identical: passes
     with pytest.raises(RuntimeError, match="did not arrive"):
         check_arrived(fresh, source)
+
+
+def test_the_training_path_loads_through_apply_transfer_and_refuses_a_misfit() -> None:
+    """The run's starting tensors enter ultralytics' model through apply_transfer: a tensor the model does
+    not have, or of another shape, is an error, not a silent no-op of ``load_state_dict(strict=False)``."""
+    model = build_model(base_model_yaml("yolo12n", NC))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(AblateError, match="model.99.weight is not one of its tensors"):
+        apply_transfer(model, {**state, "model.99.weight": torch.zeros(1)})
+    key = "model.0.conv.weight"
+    with pytest.raises(AblateError, match=rf"{key} has shape \(1,\), the model's \(16, 3, 3, 3\)"):
+        apply_transfer(model, {**state, key: torch.zeros(1)})
+
+
+def test_train_and_validate_refuses_a_starting_state_that_does_not_fit(tmp_path: Path) -> None:
+    from ablate.compose import write_yaml
+    from ablate.train import train_and_validate
+
+    d = base_model_yaml("yolo12n", NC)
+    path = write_yaml(d, tmp_path / "model.yaml")
+    bad = {"model.99.weight": torch.zeros(1)}
+    with pytest.raises(AblateError, match="model.99.weight is not one of its tensors"):
+        train_and_validate(path, "unused.yaml", {"epochs": 1, "imgsz": 64, "batch": 2}, 0, tmp_path / "u",
+                           initial_state=bad)  # fmt: skip
