@@ -172,7 +172,7 @@ def test_compose_does_not_modify_its_input() -> None:
         (Placement("rala", ()), r"pos.layers is empty"),
         (
             Placement("nope", (14,)),
-            r"unknown attention module 'nope'; available: area, fla, halo, mhsa, rala, tssa",
+            r"unknown attention module 'nope'; available: area, fla, halo, identity, mhsa, rala, tssa",
         ),
         (Placement("rala", (14,), attn_kwargs={"num_heads": 3}), r"num_heads=3 does not divide channels=64"),
         (Placement("halo", (14,), attn_kwargs={"block_size": 0}), r"block_size"),
