@@ -81,13 +81,13 @@ class RunRecord:
     gflops_ultralytics: float | None = None
     gflops_ultralytics_counter: str | None = None
     peak_memory_train_mb: float | None = None
-    # COCO AP overall and by object size (ablate.evaluation)
+    # COCO AP overall and by object size (ablate.measure.coco)
     map50_95_coco: float | None = None
     map50_coco: float | None = None
     ap_small: float | None = None
     ap_medium: float | None = None
     ap_large: float | None = None
-    # which checkpoint on which split the metrics above come from (ablate.evaluation.evaluation_plan):
+    # which checkpoint on which split the metrics above come from (ablate.measure.coco.evaluation_plan):
     # "last epoch on val" or "best-on-val, reported on test"; None in records written before it existed
     evaluated: str | None = None
     # training resumed from ultralytics' last.pt of an interrupted attempt (its epoch), else None

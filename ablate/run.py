@@ -364,9 +364,9 @@ def train(
 
 def evaluate(exp: Experiment, data_yaml: str, directory: Path) -> dict[str, Any]:
     """COCO AP overall and by object size of the checkpoint the run reports, on the split it reports it on
-    (:func:`ablate.evaluation.evaluation_plan`: the last epoch on val, or best-on-val on test), and the
+    (:func:`ablate.measure.coco.evaluation_plan`: the last epoch on val, or best-on-val on test), and the
     record's ``evaluated`` saying which."""
-    from .evaluation import ap_by_size, evaluation_plan
+    from .measure.coco import ap_by_size, evaluation_plan
 
     plan = evaluation_plan(exp.train, data_yaml)
     weights = directory / ULTRALYTICS_DIR / "weights" / plan.checkpoint

@@ -184,13 +184,13 @@ def train_and_validate(
 ) -> dict[str, Any]:
     """Train ``model_yaml`` on ``data_yaml`` with ultralytics; return the reported metrics and time.
 
-    The metrics are those of the checkpoint and split :func:`ablate.evaluation.evaluation_plan` reports
+    The metrics are those of the checkpoint and split :func:`ablate.measure.coco.evaluation_plan` reports
     (``evaluated``): never of a checkpoint selected on the split it is scored on (:func:`reported_metrics`).
 
     ``initial_state`` (composed-model names, from :func:`ablate.weights.plan_transfer`) starts training
     from pretrained tensors: the model is built under ``seed`` (so what is not transferred is initialised
     by the seed, as without weights), the tensors are loaded, and ultralytics' trainer seeds its model from
-    it (:class:`ablate.trainer.AblateTrainer` checks that every tensor arrives). ``callbacks`` maps
+    it (:class:`ablate.detection_trainer.AblateTrainer` checks that every tensor arrives). ``callbacks`` maps
     ultralytics event names (``on_fit_epoch_end``, ...) to extra callbacks. With
     ``resume``, an interrupted earlier attempt in ``project`` (killed, preempted) continues from its
     ``last.pt``; otherwise, or when that checkpoint is unusable, ``project`` is cleared and training starts
@@ -200,8 +200,8 @@ def train_and_validate(
 
     import modules  # noqa: F401  (module classes must resolve when ultralytics parses the YAML)
 
+    from .detection_trainer import AblateTrainer
     from .progress import progress_callbacks
-    from .trainer import AblateTrainer
 
     offline_safe()
     last = project / "weights" / "last.pt"
@@ -268,11 +268,11 @@ def reported_metrics(
     """The metrics a run reports and the record's ``evaluated``, from ultralytics' ``final`` metrics.
 
     ultralytics' final validation scores ``best.pt`` on val. Without per-epoch validation ``best.pt`` is
-    the final epoch (:mod:`ablate.evaluation`), so those metrics are the last epoch's on val as they are.
+    the final epoch (:mod:`ablate.measure.coco`), so those metrics are the last epoch's on val as they are.
     With it, ``best.pt`` was selected on val: :func:`validate` scores the plan's checkpoint on its split
     instead (best.pt on a labelled test split, else last.pt on val).
     """
-    from .evaluation import evaluation_plan, validates_each_epoch
+    from .measure.coco import evaluation_plan, validates_each_epoch
 
     plan = evaluation_plan(train, data_yaml)
     if not validates_each_epoch(train):

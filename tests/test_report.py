@@ -889,7 +889,7 @@ def test_no_pair_when_every_common_seed_has_another_base(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("mixed", [False, True], ids=["one-way", "mixed"])
 def test_the_footnote_and_the_terminal_say_how_ap_was_evaluated(tmp_path: Path, mixed: bool) -> None:
-    from ablate.evaluation import BEST_ON_TEST, LAST_ON_VAL
+    from ablate.measure.coco import BEST_ON_TEST, LAST_ON_VAL
 
     for attn, pos in (("none", "none"), ("rala", "neck")):
         for seed in (0, 1):
@@ -931,7 +931,7 @@ def test_records_without_evaluated_say_so(made: tuple[Path, reporting.Report]) -
 def test_latex_with_the_identical_mismatch_and_evaluated_notes_compiles(tmp_path: Path) -> None:
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not on PATH (apt-get install texlive-latex-base texlive-latex-recommended)")
-    from ablate.evaluation import BEST_ON_TEST, LAST_ON_VAL
+    from ablate.measure.coco import BEST_ON_TEST, LAST_ON_VAL
 
     results = tmp_path / "results"
     values = {("none", "none"): [0.30, 0.32, 0.31], ("rala", "neck"): [0.35, 0.37, 0.36]}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..evaluation import BEST_ON_TEST, LAST_ON_VAL
+from ..measure.coco import BEST_ON_TEST, LAST_ON_VAL
 from .columns import AP_COLUMNS, AP_LATEX, DASH, MEASURE_COLUMNS
 from .layout import Cell, Row, SingleSeed, Table, _decimals, _evaluated, _f, single_seed_hints
 from .statistics import (

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from .records import write_json_atomic
+from ..records import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def split_images(data_yaml: str | Path, split: str = "val") -> tuple[Path, list[
     resolved as ultralytics resolves them."""
     from ultralytics.data.utils import IMG_FORMATS
 
-    from .datasets import dataset_base
+    from ..datasets import dataset_base
 
     data = _load_data(data_yaml, split)
     base = dataset_base(Path(data_yaml), data)
@@ -142,7 +142,7 @@ def yolo_to_coco_gt(data_yaml: str | Path, split: str = "val") -> dict[str, Any]
     from PIL import Image
     from ultralytics.data.utils import exif_size, img2label_paths
 
-    from .datasets import read_labels
+    from ..datasets import read_labels
 
     base, images = split_images(data_yaml, split)
     names = _load_data(data_yaml, split).get("names") or {}
