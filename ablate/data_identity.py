@@ -14,7 +14,8 @@ changes it, moving the dataset directory does not.
 **Cache.** A file's digest is kept in ``<data.dir>/.hashes/<dataset>.json`` under its path with its size
 and mtime; a file whose size and mtime match is not read again, so a sweep hashes its data once and each
 later job only stats the files. A digest taken within :data:`RACY_S` of the file's mtime is not trusted
-(the file may have changed again within the clock's resolution) and is taken again next time.
+(the file may have changed again within the clock's resolution) and is taken again next time: data
+generated a moment before its first run is read once more by the next job, then never again.
 
 **Runs.** A record carries ``data_hash`` and ``data`` (:func:`record_fields`). The hash is not part of the
 run key (the keys of unchanged data stay what they were); instead the cache check refuses a record of a
