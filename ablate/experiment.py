@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 import modules
 
 from .compose import Placement
+from .data_identity import dataset_spec
 from .errors import AblateError
 from .records import run_key
 from .tracking import logger_settings
@@ -198,7 +199,7 @@ def resolve_dataset(cfg: DictConfig) -> dict[str, Any]:
     d = _container(cfg.dataset) or {}
     path = d.get("path")
     if path:
-        return {"name": d.get("name") or Path(str(path)).stem, "path": str(path)}
+        return dataset_spec(d)
     return d
 
 

@@ -98,6 +98,10 @@ class RunRecord:
     git_sha: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    # the data the run used (ablate.data_identity): data_hash is the content hash of its splits (names and
+    # bytes of images and labels); data the YAML, split dirs, counts and generator settings behind it
+    data_hash: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
 
     # not stored: set when a job reused an existing ok record instead of running
     cached: bool = field(default=False, repr=False, metadata={"stored": False})

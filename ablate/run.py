@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import modules
 
-from . import datasets, progress
+from . import data_identity, datasets, progress
 from .compose import (
     base_model_yaml,
     build_model,
@@ -224,6 +224,8 @@ def cached_record(exp: Experiment, seen: Seen | None = None) -> RunRecord | None
     previous = parse_record(raw)
     if previous is None or previous.status != "ok":
         return None
+    if not data_identity.still_current(exp, previous):  # its data changed since: a record of other data
+        return None
     if exp.force and not made_this_invocation(raw, previous.sweep, exp.sweep, seen):
         return None
     previous.cached = True
@@ -311,6 +313,7 @@ def run_locked(
         if exp.action == "train":
             progress.update(phase="preparing data")  # a sweep job's progress.json (no-op in a single run)
             data_yaml = materialize_dataset(exp)
+            record.update(data_identity.record_fields(data_yaml, exp.data_dir))
             trained = train(exp, data_yaml, directory, transfer, tracker)
             record.update({**trained, "timings": {**record.timings, **trained["timings"]}})
             if exp.measure.get("coco_eval", True) and exp.role != "base":  # a base run is not tabulated

@@ -249,9 +249,12 @@ def main(argv: list[str] | None = None) -> None:
     sweeps = sweep_dirs(results)
     if not sweeps:
         print(f"no sweeps under {results / 'hydra'} (python -m ablate ... -m starts one)")
-        return
     for sweep_dir in sweeps:
         print(format_status(sweep_status(sweep_dir, results), results))
+    from .data_identity import mixed_data  # a dataset name whose runs used different data
+
+    for line in mixed_data(results):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,11 @@ Reads every ``<results>/runs/*/record.json`` and writes into ``<results>``:
   is below α; a Δ on one paired seed shows ``n=1`` and never a mark; seeds that gave identical results
   (zero spread) show ``identical seeds``, no interval and no mark, and are warned about. The footnotes
   say how AP was evaluated (the records' ``evaluated``) and how many seed pairs were left out of Δ
-  because variant and baseline fine-tuned different base runs. The caption names the test, the
-  interval, the correction, the family size and α. Bold: the best value per column and block.
+  because variant and baseline fine-tuned different base runs or were trained on different data (the
+  records' ``data_hash``). Runs on different data are never averaged: a dataset name whose runs hold
+  several data hashes gets one column per data, headed ``name@hash``, named in a footnote. The caption
+  names the test, the interval, the correction, the family size and α. Bold: the best value per column
+  and block.
 * ``figures/`` (:mod:`.figures`): mAP50-95 against latency and GFLOPs with the Pareto front, the
   attention × position heat map of Δ mAP50-95 and, for position scans (single-layer custom placements
   at two or more indices), Δ mAP50-95 with its interval against the layer index.
@@ -53,9 +56,16 @@ from ..records import RUNS, results_lock, write_text_atomic
 from .columns import SUMMARY_CSV, TABLE_MD, TABLE_TEX
 from .hints import warn_missing_baselines
 from .labels import label, train_notes
-from .layout import build_table
+from .layout import build_table, data_versions
 from .load import filter_runs, load_records, runs_frame, with_latency, write_runs
-from .render import base_mismatch_text, format_summary, to_latex, to_markdown
+from .render import (
+    base_mismatch_text,
+    data_mismatch_text,
+    data_versions_text,
+    format_summary,
+    to_latex,
+    to_markdown,
+)
 from .statistics import StatOptions, identical_rows, identical_text, summarize
 from .workers import FigurePool  # light (matplotlib is imported when drawing); samples idle CPUs
 
@@ -89,10 +99,17 @@ def labelled_summary(
 
 
 def warn_what_deltas_rest_on(summary: pd.DataFrame) -> None:
-    """Log a warning per configuration whose seeds gave identical results, and one for the (variant,
-    baseline) seed pairs left out of Δ because they fine-tuned different base runs."""
+    """Log a warning per configuration whose seeds gave identical results, one for the dataset names whose
+    runs were trained on different data, and one each for the (variant, baseline) seed pairs left out of Δ
+    because they were trained on different data or fine-tuned different base runs."""
     for r in identical_rows(summary).to_dict("records"):
         log.warning("%s", identical_text(r, f"{r['dataset']} {r['pos_label']} {r['attn_label']}: "))
+    versions = data_versions(summary[summary["n"] > 0]) if "n" in summary else []
+    if versions:
+        log.warning("%s", data_versions_text(versions))
+    other_data = int(summary["data_mismatch"].sum()) if "data_mismatch" in summary else 0
+    if other_data:
+        log.warning("%s", data_mismatch_text(other_data))
     mismatched = int(summary["base_mismatch"].sum()) if "base_mismatch" in summary else 0
     if mismatched:
         log.warning("%s", base_mismatch_text(mismatched))

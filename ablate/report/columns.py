@@ -41,6 +41,9 @@ CONFIG_COLUMNS = (
     "model",
     "scale",
     "dataset",
+    "dataset_name",  # the records' name; dataset is name@hash where one name holds several data
+    "data_hash",
+    "data_note",
     "pos",
     "layers",
     "strides",
@@ -76,4 +79,4 @@ RECORD_FIELDS = tuple(f.name for f in fields(RunRecord))
 INT_FIELDS = tuple(f.name for f in fields(RunRecord) if str(f.type).startswith("int"))
 DASH = "—"
 INIT_LABELS = {"warm": "warm start", "scratch": "from scratch", "weights": "from model.weights"}
-WHOLE_JSON = ("attn_params", "train_settings")  # dict fields also kept whole in runs.csv, as JSON
+WHOLE_JSON = ("attn_params", "train_settings", "data")  # dict fields also kept whole in runs.csv, as JSON

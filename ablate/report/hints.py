@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,12 +24,25 @@ def baseline_command(r: Mapping[str, Any], seeds: str) -> str:
     parts = ["python -m ablate"]
     if r.get("action") and r["action"] != "train":
         parts.append(f"action={r['action']}")
-    parts += [f"model={r['model']}", f"dataset={r['dataset']}"]
+    parts += [f"model={r['model']}", *dataset_overrides(r)]
     if r.get("train"):
         parts.append(f"train={r['train']}")
         parts += train_overrides(str(r["train"]), r)
     parts.append("seed=" + ",".join(seeds.split()))
     return " ".join(parts) + " -m"
+
+
+def dataset_overrides(r: Mapping[str, Any]) -> list[str]:
+    """The overrides that select a row's dataset: ``dataset=NAME``, or for a user's YAML (the record's
+    ``data.source`` is ``file``) ``dataset=custom dataset.path=YAML dataset.name=NAME``, quoted for a
+    shell."""
+    name = r.get("dataset_name")
+    name = name if isinstance(name, str) and name else str(r.get("dataset") or "")
+    path = r.get("data.yaml")
+    if r.get("data.source") == "file" and isinstance(path, str) and path:
+        path, name = _override_value(path), _override_value(name)
+        return ["dataset=custom", shlex.quote(f"dataset.path={path}"), shlex.quote(f"dataset.name={name}")]
+    return [f"dataset={name}"]
 
 
 @functools.cache
@@ -121,7 +135,8 @@ def warn_missing_baselines(summary: pd.DataFrame, runs: pd.DataFrame) -> list[st
         return commands
     first = runs.drop_duplicates("config_key").set_index("config_key")
     for r in s.to_dict("records"):
-        src = first.loc[r["config_key"]].to_dict() if r["config_key"] in first.index else {}
+        key = str(r["config_key"]).split("@")[0]  # a configuration split by its data: <key>@<data hash>
+        src = first.loc[key].to_dict() if key in first.index else {}
         cmd = baseline_command({**src, **r}, str(r["seeds"]))
         why = "has no ok run" if not r["baseline_found"] else "shares no seed with it"
         log.warning(

@@ -70,6 +70,8 @@ class Table:
     latency_load: list[str] = field(default_factory=list)  # the load of measurements timed on a busy machine
     identical: list[str] = field(default_factory=list)  # rows whose seeds gave identical results
     base_mismatch: int = 0  # (variant, baseline) seed pairs left out of Δ: different base runs
+    data_mismatch: int = 0  # (variant, baseline) seed pairs left out of Δ: trained on different data
+    data_versions: list[str] = field(default_factory=list)  # names holding several data: their columns
     evaluated: dict[str, int] = field(default_factory=dict)  # how AP was evaluated -> configurations
 
 
@@ -170,6 +172,8 @@ def build_table(summary: pd.DataFrame, n_failed: int = 0, options: StatOptions |
         identical=_identical_labels(s),
         base_mismatch=int(s["base_mismatch"].sum()) if "base_mismatch" in s else 0,
         evaluated=_evaluated(s),
+        data_mismatch=int(s["data_mismatch"].sum()) if "data_mismatch" in s else 0,
+        data_versions=data_versions(s),
     )
     table.latency_apart = sum(r.cells[("", "latency_ms")].apart for b in blocks for r in b.rows)
     table.latency_load = _latency_load(s)
@@ -209,6 +213,25 @@ def _identical_labels(s: pd.DataFrame) -> list[str]:
     """``dataset: position attention`` of every row whose seeds gave identical results."""
     rows = identical_rows(s).to_dict("records")
     return [f"{r['dataset']}: {r['pos_label']} {r['attn_label']}" for r in rows]
+
+
+def data_versions(s: pd.DataFrame) -> list[str]:
+    """Per dataset name whose rows were trained on different data (columns ``name@hash``): ``name@hash
+    (its YAML and image counts)`` for each, joined by ``; ``."""
+    if "dataset_name" not in s:
+        return []
+    out = []
+    for name, rows in s.groupby(s["dataset_name"].astype(str), sort=True):
+        shown = rows.drop_duplicates("dataset")
+        if len(shown) < 2:
+            continue
+        notes = shown["data_note"] if "data_note" in shown else pd.Series("", index=shown.index)
+        parts = [
+            f"{ds} ({note})" if isinstance(note, str) and note else str(ds)
+            for ds, note in zip(shown["dataset"], notes, strict=True)
+        ]
+        out.append(f"{name}: {'; '.join(parts)}")
+    return out
 
 
 def _evaluated(s: pd.DataFrame) -> dict[str, int]:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..measure.coco import BEST_ON_TEST, LAST_ON_VAL
 from .columns import AP_COLUMNS, AP_LATEX, DASH, MEASURE_COLUMNS
-from .layout import Cell, Row, SingleSeed, Table, _decimals, _evaluated, _f, single_seed_hints
+from .layout import Cell, Row, SingleSeed, Table, _decimals, _evaluated, _f, data_versions, single_seed_hints
 from .statistics import (
     CORRECTION_NAMES,
     IDENTICAL_CAUSE,
@@ -202,6 +202,27 @@ def base_mismatch_text(pairs: int, latex: bool = False) -> str:
     return _text_or_tex(text, latex)
 
 
+def data_mismatch_text(pairs: int, latex: bool = False) -> str:
+    """The (variant, baseline) seed pairs left out of Δ because they were trained on different data."""
+    text = (
+        f"{pairs} (variant, baseline) seed pair{'s' * (pairs != 1)} left out of Δ: on "
+        f"{'those seeds' if pairs != 1 else 'that seed'} the variant and its baseline were trained on "
+        "different data (data_hash differs: the dataset changed between their runs); run the older one again "
+        "on the current data."
+    )
+    return _text_or_tex(text, latex)
+
+
+def data_versions_text(versions: list[str], latex: bool = False) -> str:
+    """The dataset names whose runs were trained on different data, and the column each data got."""
+    text = (
+        "One name, different data (data_hash): "
+        + " | ".join(versions)
+        + ". Each data has its own column; runs on different data are never averaged or paired."
+    )
+    return _text_or_tex(text, latex)
+
+
 def identical_note(rows: list[str], latex: bool = False) -> str:
     """The footnote on rows whose seeds gave identical results."""
     text = (
@@ -213,10 +234,15 @@ def identical_note(rows: list[str], latex: bool = False) -> str:
 
 
 def _identity_notes(table: Table, latex: bool) -> list[str]:
-    """Footnotes on what the Δs rest on: identical seeds, pairs with different bases, how AP was evaluated."""
+    """Footnotes on what the Δs rest on: identical seeds, one name on different data, pairs on different
+    data or with different bases, how AP was evaluated."""
     notes = []
     if table.identical:
         notes.append(identical_note(table.identical, latex))
+    if table.data_versions:
+        notes.append(data_versions_text(table.data_versions, latex))
+    if table.data_mismatch:
+        notes.append(data_mismatch_text(table.data_mismatch, latex))
     if table.base_mismatch:
         notes.append(base_mismatch_text(table.base_mismatch, latex))
     if table.evaluated:
@@ -364,6 +390,8 @@ def _hint(r: Mapping[str, Any], m: str = "map50_95") -> str:
     if not r.get("baseline_found", False):
         return "no baseline"
     k = int(r.get(f"delta_{m}_n", 0) or 0)
+    if k == 0 and r.get("data_mismatch"):
+        return "no pair: different data"
     if k == 0 and r.get("base_mismatch"):
         return "no pair: different base runs"
     if k == 0:
@@ -448,6 +476,12 @@ def format_summary(summary: pd.DataFrame, options: StatOptions | None = None) ->
         "warning: " + identical_text(r, f"{r['dataset']} {r['pos_label']} {r['attn_label']}: ")
         for r in identical_rows(s).to_dict("records")
     ]
+    versions = data_versions(s)
+    if versions:
+        out.append("warning: " + data_versions_text(versions))
+    other_data = int(s["data_mismatch"].sum()) if "data_mismatch" in s else 0
+    if other_data:
+        out.append("warning: " + data_mismatch_text(other_data))
     mismatched = int(s["base_mismatch"].sum()) if "base_mismatch" in s else 0
     if mismatched:
         out.append("warning: " + base_mismatch_text(mismatched))

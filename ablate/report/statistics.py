@@ -28,14 +28,24 @@ paired comparison with its baseline (``baseline_key``) over the seeds both have:
   needs fewer.
 
 A variant and its baseline are paired on a seed only when they started from the same run: ``init_run``
-(the warm start's base run; empty from scratch) equal. Seeds where both have ok runs but different bases
-are left out of Δ and counted in ``base_mismatch``. Per configuration, ``seeds_identical`` flags metrics
-identical on ≥ 2 seeds (every AP metric with ≥ 2 values has zero spread) and ``evaluated`` says which
-checkpoint on which split the AP comes from (the records' field; distinct values joined by ``; ``).
+(the warm start's base run; empty from scratch) equal, and were trained on the same data: ``data_hash``
+equal (a record without one pairs with any). Seeds where both have ok runs but different data are left
+out of Δ and counted in ``data_mismatch``; those on the same data but with different bases in
+``base_mismatch``.
+
+Runs on different data are never averaged either (:func:`by_data`): a configuration whose runs hold two or
+more data hashes becomes one row per data (``config_key`` ``<key>@<hash>``), and a dataset name that holds
+several data is shown as ``name@hash`` (``dataset``; the name itself in ``dataset_name``, the data's YAML
+and image counts in ``data_note``), so two datasets never share a column.
+
+Per configuration, ``seeds_identical`` flags metrics identical on ≥ 2 seeds (every AP metric with ≥ 2
+values has zero spread) and ``evaluated`` says which checkpoint on which split the AP comes from (the
+records' field; distinct values joined by ``; ``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data_identity import describe, label, short
 from ..errors import AblateError
 from .columns import AP_METRICS, CONFIG_COLUMNS, DELTA_METRICS, FAMILY_METRICS, METRICS
 
@@ -214,13 +225,14 @@ def summarize(
     ``reference`` holds the runs baselines are looked up in (default: ``runs``). Columns: ``n`` (ok
     runs), ``n_failed``, ``seeds``, ``init_runs`` (warm start: bases behind the seeds), the
     configuration columns, ``<m>_mean``/``_std``/``_n`` for every metric, ``seeds_identical``,
-    ``evaluated``, ``baseline_found``, ``paired_seeds``, ``base_mismatch`` and the ``delta_<m>_*``
-    columns of the module docstring. Rows in first-seen order; labels and table order are added by
-    :mod:`.labels`.
+    ``evaluated``, ``baseline_found``, ``paired_seeds``, ``base_mismatch``, ``data_mismatch`` and the
+    ``delta_<m>_*`` columns of the module docstring. Rows in first-seen order; labels and table order are
+    added by :mod:`.labels`.
     """
     options = options or StatOptions()
     runs = with_metric_columns(runs)
     reference = runs if reference is None else with_metric_columns(reference)
+    runs = by_data(runs)
     ok = runs[runs["status"] == "ok"]
     failed = runs[runs["status"] != "ok"].groupby("config_key").size().rename("n_failed")
     metrics = list(METRICS)
@@ -254,6 +266,7 @@ def summarize(
     summary["seeds"] = [v if isinstance(v, str) else "" for v in summary["seeds"]]
     summary["paired_seeds"] = summary["paired_seeds"].fillna(0).astype(int)
     summary["base_mismatch"] = summary["base_mismatch"].fillna(0).astype(int)
+    summary["data_mismatch"] = summary["data_mismatch"].fillna(0).astype(int)
     summary["seeds_identical"] = summary["seeds_identical"].astype("boolean").fillna(False).astype(bool)
     summary["evaluated"] = [v if isinstance(v, str) else "" for v in summary["evaluated"]]
     summary["baseline_found"] = summary["baseline_found"].astype("boolean").fillna(False).astype(bool)
@@ -270,10 +283,57 @@ def with_metric_columns(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` with every column the statistics read (NaN where a record lacks it)."""
     missing = {
         c: np.nan
-        for c in (*METRICS, *CONFIG_COLUMNS, "seed", "config_key", "status", "init_run", "evaluated")
+        for c in (*METRICS, *CONFIG_COLUMNS, "seed", "config_key", "status", "init_run", "evaluated", "data")
         if c not in runs
     }
     return runs.assign(**missing) if missing else runs
+
+
+def _hashes(runs: pd.DataFrame) -> pd.Series:
+    """Each run's ``data_hash`` as text ("" where the record has none)."""
+    h = runs["data_hash"].astype(object)
+    return h.where(h.notna() & (h.astype(str) != ""), "").astype(str)
+
+
+def _note(data: Any) -> str:
+    """The data a record's ``data`` names, in a few words (a dict, or runs.csv's JSON text)."""
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return ""
+    return describe(data) if isinstance(data, Mapping) and data else ""
+
+
+def by_data(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` split by the data they were trained on, so that runs on different data are never averaged
+    and two datasets never share a column.
+
+    ``data_hash`` ("" when not recorded), ``dataset_name`` (the record's name) and ``data_note`` (YAML and
+    image counts) are added; ``dataset`` becomes ``name@hash`` where one name holds runs on two or more
+    data hashes; a configuration whose runs hold two or more data hashes becomes one per data:
+    ``config_key`` ``<key>@<hash>`` (its own ``baseline_key`` too when it is a baseline). Runs without a
+    hash keep their name and key.
+    """
+    h = _hashes(runs)
+    names = runs["dataset"].astype(str)
+    known = h != ""
+    several = h[known].groupby(names[known]).nunique()
+    shared = names.isin(several.index[several > 1]) & known
+    labels = pd.Series([label(n, d) for n, d in zip(names, h, strict=True)], index=runs.index)
+    keys = runs["config_key"].astype(str)
+    split_keys = h[known].groupby(keys[known]).nunique()
+    split = keys.isin(split_keys.index[split_keys > 1]) & known
+    group = keys.where(~split, keys + "@" + h.map(short))
+    own_baseline = runs["baseline_key"].astype(str) == keys
+    return runs.assign(
+        data_hash=h,
+        dataset_name=names,
+        dataset=names.where(~shared, labels),
+        data_note=[_note(d) for d in runs["data"]],
+        config_key=group,
+        baseline_key=runs["baseline_key"].where(~(split & own_baseline), group),
+    )
 
 
 def _distinct(values: pd.Series) -> str:
@@ -291,10 +351,13 @@ def identical_seeds(stats: pd.DataFrame) -> pd.Series:
 
 
 def _by_seed(runs: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
-    """Mean metrics per (configuration, seed), with the run it started from (``init_run``, "" when none)."""
-    runs = runs.assign(init_run=runs["init_run"].astype(object).where(runs["init_run"].notna(), ""))
+    """Mean metrics per (configuration, seed), with the run it started from (``init_run``, "" when none) and
+    the data it was trained on (``data_hash``, "" when not recorded)."""
+    runs = runs.assign(
+        init_run=runs["init_run"].astype(object).where(runs["init_run"].notna(), ""), data_hash=_hashes(runs)
+    )
     g = runs.groupby(["config_key", "seed"], sort=False)
-    return g[cols].mean().join(g["init_run"].first()).reset_index()
+    return g[cols].mean().join(g[["init_run", "data_hash"]].first()).reset_index()
 
 
 def paired_deltas(
@@ -303,9 +366,10 @@ def paired_deltas(
     """Paired Δ statistics per configuration over the seeds it shares with its baseline (before correction).
 
     ``baseline_found``: the baseline configuration has ok runs; ``paired_seeds``: seeds both have;
-    ``base_mismatch``: those of them on which the two started from different base runs (``init_run``),
-    left out of every Δ; per metric the mean, std and count of the per-seed differences, the CI, the
-    paired t-test p (none at zero spread: ``_identical``) and σ.
+    ``data_mismatch``: those of them on which the two were trained on different data (``data_hash``;
+    unrecorded pairs with any); ``base_mismatch``: the others on which the two started from different base
+    runs (``init_run``); both left out of every Δ; per metric the mean, std and count of the per-seed
+    differences, the CI, the paired t-test p (none at zero spread: ``_identical``) and σ.
     """
     cols = list(DELTA_METRICS)
     out = pd.DataFrame(index=summary.index)
@@ -323,9 +387,15 @@ def paired_deltas(
     own_std = variant.groupby("config_key", sort=False)[cols].std(ddof=1)
     pairs = variant.merge(base, on=["baseline_key", "seed"], suffixes=("", "_b"))
     out["paired_seeds"] = pairs.groupby("config_key", sort=False).size()
+    same_data = (
+        (pairs["data_hash"] == pairs["data_hash_b"])
+        | (pairs["data_hash"] == "")
+        | (pairs["data_hash_b"] == "")
+    )
     same_base = pairs["init_run"] == pairs["init_run_b"]
-    out["base_mismatch"] = (~same_base).groupby(pairs["config_key"], sort=False).sum()
-    pairs = pairs[same_base].reset_index(drop=True)
+    out["data_mismatch"] = (~same_data).groupby(pairs["config_key"], sort=False).sum()
+    out["base_mismatch"] = (same_data & ~same_base).groupby(pairs["config_key"], sort=False).sum()
+    pairs = pairs[same_data & same_base].reset_index(drop=True)
     keys = pairs["config_key"]
     diff = pd.DataFrame({m: pairs[m] - pairs[f"{m}_b"] for m in cols}).set_axis(keys)
     dg = diff.groupby(level=0, sort=False)
