@@ -6,6 +6,7 @@ then for the warm start with ``base_run``); this module never chooses one."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -177,9 +178,20 @@ def architecture_of(model: torch.nn.Module, d: dict[str, Any], exp: Experiment) 
     return architecture_key(d, stride_size(model, int(exp.measure["imgsz"])))
 
 
+_MATERIALIZED: dict[str, str] = {}  # this process's datasets: spec and data dir -> data YAML
+
+
 def materialize_dataset(exp: Experiment) -> str:
     """The data YAML for ultralytics: a user/ultralytics YAML, or the embedded dataset (generated once;
-    ``generator`` names the embedded generator of a variant such as ``shapes_small``)."""
+    ``generator`` names the embedded generator of a variant such as ``shapes_small``). Looked up once per
+    process (a warm job asks before its base and again in its run)."""
+    memo = json.dumps([exp.dataset, str(exp.data_dir)], sort_keys=True, default=str)
+    if memo not in _MATERIALIZED:
+        _MATERIALIZED[memo] = _materialize(exp)
+    return _MATERIALIZED[memo]
+
+
+def _materialize(exp: Experiment) -> str:
     spec = exp.dataset
     if spec.get("path"):
         return str(datasets.resolve_data_yaml(spec["path"]))

@@ -63,6 +63,7 @@ def test_what_cannot_be_listed_and_what_is_no_override() -> None:
         assert overrides.choices("+attn=glob(*,exclude=[mhsa,area])", loader) == [
             "fla",
             "halo",
+            "identity",
             "rala",
             "tssa",
         ]
