@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from ablate.errors import AblateError
 from ablate.experiment import experiment_from_config
 from ablate.measure import phase, store
+from ablate.measure.device import check_device, is_auto, is_ddp, torch_device
 from ablate.records import RunRecord
 from ablate.run import execute
 
@@ -118,8 +121,23 @@ def test_bad_settings_name_the_value() -> None:
         phase.Settings(backend="onnx").check()
     with pytest.raises(ValueError, match="half=true needs a CUDA device"):
         phase.Settings(half=True).check()
-    assert phase.torch_device("0") == "cuda:0" and phase.torch_device(None) == "cpu"
-    assert phase.torch_device([1, 2]) == "cuda:1" and phase.torch_device("cuda:3") == "cuda:3"
+
+
+def test_device_strings_are_read_in_one_place() -> None:
+    """ultralytics' spellings as torch names them, as DDP reads them, and checked against this machine."""
+    assert torch_device("0") == "cuda:0" and torch_device(None) == "cpu" and torch_device("") == "cpu"
+    assert torch_device([1, 2]) == "cuda:1" and torch_device("cuda:3") == "cuda:3"
+    assert torch_device("mps") == "mps" and torch_device(" CPU ") == "cpu"
+    assert is_ddp("0,1") and is_ddp([0, 1]) and is_ddp("cuda:0, cuda:1")
+    assert not any(is_ddp(v) for v in ("0", 0, "cpu", None, [0], ""))
+    assert is_auto(None) and is_auto("") and is_auto("auto") and not is_auto(0) and not is_auto("cpu")
+    check_device("train.device", None)  # ultralytics chooses
+    check_device("train.device", "cpu")
+    gpus = torch.cuda.device_count()
+    with pytest.raises(AblateError, match=rf"train.device='cuda:{gpus}' is not available on this machine"):
+        check_device("train.device", f"cuda:{gpus}")
+    with pytest.raises(AblateError, match=r"train.device='auto' is not available"):  # ultralytics has no auto
+        check_device("train.device", "auto")
 
 
 def test_table_reads_the_phase(profiled: tuple[Path, dict[str, RunRecord]]) -> None:
