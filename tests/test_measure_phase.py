@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,19 @@ def test_cli_measures_and_rejects_bad_input(
     proc = subprocess.run(empty, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "no ok run with an architecture" in proc.stderr
     assert not (tmp_path / "none").exists()  # nothing written
+
+
+def test_profile_times_the_profiled_run_beside_its_baseline(
+    profiled: tuple[Path, dict[str, RunRecord]], tmp_path: Path
+) -> None:
+    """``action=profile``'s latency (the CLI prints it): the phase for that run's architecture and its
+    baseline's, under the run's ``measure.latency`` settings."""
+    results, recs = profiled
+    for name in ("halo", "baseline"):  # a results root of their own: the other tests' phases stay as they are
+        shutil.copytree(results / "runs" / recs[name].key, tmp_path / "runs" / recs[name].key)
+    (result,) = phase.profile(recs["halo"], {"backends": ["torch"], **FAST}, None, tmp_path)
+    assert result.settings.device == "cpu" and result.skipped is None and len(result.measured) == 2
+    by_attn = {m["attn"]: m for m in result.measured}
+    assert set(by_attn) == {"none", "halo"} and by_attn["halo"]["arch_key"] == recs["halo"].arch_key
+    assert by_attn["halo"]["baseline_arch_key"] == by_attn["none"]["arch_key"] == recs["baseline"].arch_key
+    assert (tmp_path / "measures" / "latency.csv").is_file()

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+import modules  # noqa: F401  (registers ablate's layers with ultralytics' YAML parser)
+
 from ..errors import AblateError
 from ..records import run_key
 
@@ -64,7 +66,8 @@ def head_index(d: Mapping[str, Any]) -> int:
 
 
 def build_model(d: Mapping[str, Any], verbose: bool = False) -> nn.Module:
-    """Build an ultralytics ``DetectionModel`` from a YAML dict (a deep copy: parse_model edits args)."""
+    """Build an ultralytics ``DetectionModel`` from a YAML dict (a deep copy: parse_model edits args); the
+    layers a placement adds are ablate's (:mod:`modules`, imported here)."""
     from ultralytics.nn.tasks import DetectionModel
 
     cfg = copy.deepcopy(dict(d))
