@@ -63,7 +63,7 @@ measure: install  ## the measurement phase: latency of every architecture under 
 	$(BIN)/python -m ablate.measure --results $(RESULTS) --backend $(BACKEND) $(foreach w,$(WHERE),--where $(w))
 
 measure-bench: install  ## the measurement phase twice back to back on RESULTS: ratio agreement, overhead, ranking
-	$(BIN)/python -m ablate.benchmarks.measure_phase --results $(RESULTS) --backend $(BACKEND)
+	$(BIN)/python -m ablate.benchmarks.phase_agreement --results $(RESULTS) --backend $(BACKEND)
 
 SEEDS ?= 5
 JOBS ?= 2
@@ -75,7 +75,7 @@ fidelity: install  ## the quick protocol's Δs against train=reference on the st
 	$(BIN)/python -m ablate.fidelity --results $(RESULTS) --jobs $(JOBS) $(ARGS)
 
 table-bench: install  ## time make table's work on 10,000 synthetic records
-	$(BIN)/python -m ablate.benchmarks.table
+	$(BIN)/python -m ablate.benchmarks.table_timing
 
 overhead: install  ## sweep orchestration overhead per job (launch -> first training step)
 	$(BIN)/python -m ablate.benchmarks.overhead

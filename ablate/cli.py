@@ -31,8 +31,9 @@ from . import launcher as _launcher  # noqa: F401 (registers ablate's SLURM laun
 from . import overrides, plan, sweepdir
 from . import sweep as _sweep  # noqa: F401 (registers ablate's sweeper with Hydra)
 from .errors import AblateError
+from .measure.device import is_auto
 from .paths import CONF_DIR
-from .records import RunRecord
+from .records import run_dir
 from .sweepdir import summary_line
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def place_job(cfg: DictConfig) -> None:
     import torch
 
     gpus = torch.cuda.device_count()
-    if gpus > 0 and cfg.train.get("device") in (None, "", "auto"):
+    if gpus > 0 and is_auto(cfg.train.get("device")):
         with open_dict(cfg):
             cfg.train.device = int(hc.job.num) % gpus
         log.info("job %s on GPU %s of %d", hc.job.num, cfg.train.device, gpus)
@@ -170,17 +171,28 @@ def run_job(cfg: DictConfig) -> float | None:
         return None
     try:
         exp = experiment_from_config(cfg)
+        if exp.action == "inspect":
+            print(inspect(exp))
+            return None
         record = execute(exp, cfg)
     except AblateError as e:
         fail(str(e))
         return None
-    if record is None:
-        return None
-    print(summary_line(record, Path(cfg.results.dir) / "runs" / record.key))
+    print(summary_line(record, run_dir(cfg.results.dir, record.key)))
     if record.status != "ok":
         fail(f"run {record.key} failed: {record.error}")
     if record.action == "profile":  # a measurement of one architecture: its latency beside its baseline
-        profile_latency(exp, record)
+        from .measure.phase import format_phase, profile
+
+        try:
+            results = profile(
+                record, exp.measure["latency"], exp.train.get("device"), exp.results_dir, exp.force
+            )
+        except AblateError as e:  # a busy machine (MachineBusyError): one line, the record stays as it is
+            fail(str(e))
+            return None
+        for result in results:
+            print(format_phase(result))
     return record.map50_95
 
 
@@ -189,18 +201,29 @@ def compose_overrides(overrides: list[str]) -> DictConfig:
     return hydra.compose(config_name="config", overrides=list(overrides))
 
 
-def profile_latency(exp: Experiment, record: RunRecord) -> None:
-    """The measurement phase for one profiled architecture (and its baseline), printed."""
-    from .measure.phase import format_phase, run_phase, settings_from_config
+def inspect(exp: Experiment) -> str:
+    """What ``action=inspect`` prints: the composed model's parameter count, its layer table with the layers
+    the placement inserted or replaced marked, and where ``model.weights``' tensors would go. Nothing is
+    trained, generated or written."""
+    from .compose import marks
+    from .measure.model import count_params, layer_table
+    from .run import composed_model, weights_transfer
 
-    settings = settings_from_config(exp.measure["latency"], exp.train.get("device"))
-    try:
-        results = run_phase(exp.results_dir, settings, [record.to_dict()], force=exp.force)
-    except AblateError as e:  # a busy machine (MachineBusyError): one line, the record stays as it is
-        fail(str(e))
-        return
-    for result in results:
-        print(format_phase(result))
+    d, model = composed_model(exp)
+    transfer = weights_transfer(exp, d, model)  # model.weights only: inspect trains no base run
+    marked = marks(d)
+    lines = [
+        f"{exp.model} + attn={exp.attn} pos={exp.pos}: {count_params(model):,} parameters",
+        f"{'idx':>4} {'from':>14}  {'module':<26} {'out ch':>7} {'stride':>6}  note",
+    ]
+    for r in layer_table(model):
+        ch, st = str(r.channels) if r.channels else "-", str(r.stride) if r.stride else "-"
+        lines.append(
+            f"{r.index:>4} {r.source!s:>14}  {r.module:<26} {ch:>7} {st:>6}  {marked.get(r.index, '')}"
+        )
+    if transfer is not None:
+        lines.append(transfer.line())
+    return "\n".join(lines)
 
 
 def sweep_job(cfg: DictConfig) -> float | None:
@@ -219,14 +242,15 @@ def sweep_job(cfg: DictConfig) -> float | None:
         place_job(cfg)
         exp = dataclasses.replace(experiment_from_config(cfg), sweep=Path(hc.sweep.dir).name)
         outcome.key = exp.key
-        record = execute(exp, cfg, record_errors=True)
-        if record is None:  # action=inspect
+        if exp.action == "inspect":
+            print(inspect(exp), flush=True)
             outcome.status = "ok"
         else:
+            record = execute(exp, cfg, record_errors=True)
             outcome.key = record.key  # action=base: the base run it trained or found
             outcome.status = "cached" if record.cached else record.status
             outcome.error = record.error
-            outcome.summary = summary_line(record, Path(cfg.results.dir) / "runs" / record.key)
+            outcome.summary = summary_line(record, run_dir(cfg.results.dir, record.key))
     except AblateError as e:
         outcome.error = str(e)
     except Exception as e:  # anything else: recorded for the summary, the other jobs go on

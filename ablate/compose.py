@@ -1,6 +1,6 @@
-"""Placement: compose a base ultralytics model YAML with attention modules at chosen layer indices.
+"""Composition: a base ultralytics model YAML with attention modules written in at a placement's layers.
 
-Two modes:
+Two modes (where they apply is :mod:`ablate.placement`):
 
 * ``after`` — insert ``AttentionResidual(C, attn)`` as a new layer after each listed base index.
   Every ``from`` reference is remapped: a reference to base layer ``i`` now points at the last layer
@@ -10,143 +10,43 @@ Two modes:
   attention, YOLO11's ``C2PSA``) for the chosen module, keeping the block's width and heads.
 
 Layer indices are the base model's own YAML indices. Channel counts written into the composed YAML are
-read from the base model built at the chosen scale, so they are right for every scale n…x. The result is
-a standalone YAML dict that ``ultralytics`` parses after ``import modules``.
+read from the base model built at the chosen scale (:func:`ablate.measure.model.layer_table`), so they are
+right for every scale n…x. The result is a standalone YAML dict that ``ultralytics`` parses after
+``import modules``; :func:`write_yaml` writes it. This module edits YAML only: the base YAML, the built
+model and its numbers are :mod:`ablate.measure.model`'s.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from torch import nn
 
 import modules
 from modules.hosts import HOSTS
 from modules.hosts import module_kwargs as host_module_kwargs
-from modules.residual import DEFAULT_GAMMA
 
 from .errors import AblateError
+from .measure.model import INSERTED, LayerInfo, base_model_yaml, build_model, layer_table, rows
+from .placement import Placement, attention_layers, check_placement
 
 log = logging.getLogger(__name__)
 
-MODES = ("after", "replace")
-PROBE_SIZE = 256  # the size ultralytics' own stride probe uses
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One layer of a built model: YAML index, ``from``, module type, output channels, stride."""
-
-    index: int
-    source: int | list[int]
-    module: str
-    channels: int
-    stride: int
-    mark: str = ""  # "inserted" / "replaced" in composed tables
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where and how an attention module enters the base model."""
-
-    attn: str
-    layers: tuple[int, ...]
-    mode: str = "after"
-    attn_kwargs: dict[str, Any] = field(default_factory=dict)
-    gamma: float | None = DEFAULT_GAMMA
-
-
-def base_model_yaml(model: str, nc: int) -> dict[str, Any]:
-    """The ultralytics YAML dict of ``model`` (e.g. ``yolo12n``) reduced to its one scale, with ``nc``.
-
-    Keeping only the chosen scale makes the written file standalone: ultralytics guesses the scale from
-    a file name, and ``model.yaml`` names none, so it falls back to the first (here: only) scale.
-    """
-    from ultralytics.nn.tasks import guess_model_scale, yaml_model_load
-
-    scale = guess_model_scale(f"{model}.yaml")
-    try:
-        d = yaml_model_load(f"{model}.yaml")
-    except FileNotFoundError:
-        raise AblateError(f"unknown model {model!r}: ultralytics has no {model}.yaml") from None
-    scales = d.get("scales") or {}
-    if scale not in scales:
-        raise AblateError(f"model {model!r} has no scale {scale!r}; valid scales: {', '.join(scales)}")
-    out = {k: copy.deepcopy(v) for k, v in d.items() if k not in ("yaml_file", "scale")}
-    out["nc"] = int(nc)
-    out["scales"] = {scale: list(scales[scale])}
-    return out
-
-
-def scale_of(d: dict[str, Any]) -> str:
-    return next(iter(d["scales"]))
-
-
-def rows(d: dict[str, Any]) -> list[list[Any]]:
-    return list(d["backbone"]) + list(d["head"])
-
-
-def build_model(d: dict[str, Any], verbose: bool = False) -> nn.Module:
-    """Build an ultralytics ``DetectionModel`` from a YAML dict (a deep copy: parse_model edits args)."""
-    from ultralytics.nn.tasks import DetectionModel
-
-    cfg = copy.deepcopy(d)
-    cfg["scale"] = scale_of(d)
-    return DetectionModel(cfg, ch=3, nc=d["nc"], verbose=verbose)
-
-
-def layer_table(model: nn.Module, size: int = PROBE_SIZE) -> list[LayerInfo]:
-    """Index, from, type, output channels and stride of every layer, from one forward at ``size``."""
-    shapes: dict[int, tuple[int, ...]] = {}
-    hooks = [
-        layer.register_forward_hook(lambda mod, inp, out, i=i: shapes.__setitem__(i, tuple(out.shape)))
-        for i, layer in enumerate(model.model)
-        if i < len(model.model) - 1
-    ]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    table = []
-    for i, layer in enumerate(model.model):
-        if i in shapes:
-            channels, stride = shapes[i][1], size // shapes[i][2]
-        else:  # the head (Detect): no single map
-            channels, stride = 0, 0
-        table.append(LayerInfo(i, layer.f, type(layer).__name__, channels, stride))
-    return table
-
-
-def head_index(d: dict[str, Any]) -> int:
-    return len(rows(d)) - 1
-
-
-def check_layers(d: dict[str, Any], layers: tuple[int, ...], model: str) -> None:
-    last = head_index(d)
-    for i in layers:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise AblateError(f"layer index {i!r} is not an integer; valid: 0..{last - 1}")
-        if i < 0 or i > last:
-            raise AblateError(f"layer index {i} is out of range for {model}; valid: 0..{last - 1}")
-        if i == last:
-            raise AblateError(f"layer index {i} is the {rows(d)[i][2]} head of {model}; valid: 0..{last - 1}")
-
-
-def attention_layers(model: nn.Module) -> list[int]:
-    """Base indices whose block holds an attention that replace mode can swap."""
-    return [i for i, layer in enumerate(model.model) if any(h.holds_attention(layer) for h in HOSTS.values())]
+__all__ = [  # base_model_yaml, build_model and Placement re-exported for the composition's callers
+    "Placement",
+    "base_indices",
+    "base_model_yaml",
+    "build_model",
+    "compose",
+    "insert_after",
+    "marks",
+    "replace_attention",
+    "write_yaml",
+]
 
 
 def _check_module_args(placement: Placement, channels: int) -> None:
@@ -175,9 +75,7 @@ def insert_after(d: dict[str, Any], placement: Placement, table: list[LayerInfo]
             channels = table[j].channels
             _check_module_args(placement, channels)
             gamma = placement.gamma
-            out_rows.append(
-                [-1, 1, "AttentionResidual", [channels, placement.attn, dict(placement.attn_kwargs), gamma]]
-            )
+            out_rows.append([-1, 1, INSERTED, [channels, placement.attn, dict(placement.attn_kwargs), gamma]])
             new_index[j] = len(out_rows) - 1
         if j == n_backbone - 1:
             backbone_len = len(out_rows)
@@ -227,14 +125,12 @@ def _host_kwargs(placement: Placement, dim: int, heads: int, area: int | None) -
 
 
 def compose(d: dict[str, Any], placement: Placement | None, model_name: str) -> dict[str, Any]:
-    """Composed YAML dict for ``placement`` (``None`` = the baseline, returned unchanged)."""
+    """Composed YAML dict of the base model YAML ``d`` (of ``model_name``) with ``placement`` (``None`` = the
+    baseline, returned unchanged). Raises :class:`AblateError` for a placement the base model does not
+    allow or module hyperparameters the module refuses."""
     if placement is None:
         return copy.deepcopy(d)
-    if placement.mode not in MODES:
-        raise AblateError(f"pos.mode={placement.mode!r} is not valid; valid: {', '.join(MODES)}")
-    if not placement.layers:
-        raise AblateError("pos.layers is empty; give at least one layer index")
-    check_layers(d, placement.layers, model_name)
+    check_placement(placement, d, model_name)
     base = build_model(d)
     if placement.mode == "after":
         return insert_after(d, placement, layer_table(base))
@@ -243,7 +139,7 @@ def compose(d: dict[str, Any], placement: Placement | None, model_name: str) -> 
 
 def marks(d: dict[str, Any]) -> dict[int, str]:
     """Composed-model index -> "inserted"/"replaced" for the layers a placement added or changed."""
-    names = {"AttentionResidual": "inserted", **{name: "replaced" for name in HOSTS}}
+    names = {INSERTED: "inserted", **dict.fromkeys(HOSTS, "replaced")}
     return {i: names[r[2]] for i, r in enumerate(rows(d)) if r[2] in names}
 
 
@@ -257,15 +153,6 @@ def base_indices(d: dict[str, Any]) -> dict[int, int]:
     inserted = {i for i, m in marks(d).items() if m == "inserted"}
     kept = [i for i in range(len(rows(d))) if i not in inserted]
     return dict(enumerate(kept))
-
-
-def placement_strides(
-    model: nn.Module, d: dict[str, Any], layers: Sequence[int], size: int = PROBE_SIZE
-) -> list[int]:
-    """Output stride of each base-model layer in ``layers`` (8 for a P3 map), read off the composed model."""
-    table = layer_table(model, size)
-    where = base_indices(d)
-    return [table[where[i]].stride for i in layers if i in where]
 
 
 def write_yaml(d: dict[str, Any], path: Path, header: str = "") -> Path:
@@ -287,17 +174,3 @@ def _flow(value: Any) -> str:
     """One-line YAML for ``value``."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
     return text.removesuffix("...").strip()
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def format_table(table: list[LayerInfo]) -> str:
-    """The layer table that ``action=inspect`` prints."""
-    lines = [f"{'idx':>4} {'from':>14}  {'module':<26} {'out ch':>7} {'stride':>6}  note"]
-    for r in table:
-        ch = str(r.channels) if r.channels else "-"
-        st = str(r.stride) if r.stride else "-"
-        lines.append(f"{r.index:>4} {str(r.source):>14}  {r.module:<26} {ch:>7} {st:>6}  {r.mark}")
-    return "\n".join(lines)

@@ -40,7 +40,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -390,6 +390,12 @@ class UsesData(Protocol):
 
     @property
     def data_dir(self) -> Path: ...
+
+
+def current(exp: UsesData) -> Callable[[RunRecord], bool]:
+    """The test that an ok record of ``exp``'s run key is a result on the data ``exp`` uses now, for
+    :func:`ablate.records.reusable_record`: a record of data edited since is run again, not reused."""
+    return functools.partial(still_current, exp)
 
 
 def still_current(exp: UsesData, record: RunRecord) -> bool:

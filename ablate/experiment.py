@@ -10,11 +10,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-import modules
-
-from .compose import Placement
 from .data_identity import dataset_spec
 from .errors import AblateError
+from .measure.device import check_device
+from .placement import Placement, resolve_placement
 from .records import run_key
 from .tracking import logger_settings
 
@@ -74,7 +73,7 @@ class Experiment:
             "weights": {"sha256": self.weights_sha256, "strict": self.weights_strict}
             if self.weights
             else None,
-            "attn": self.attn,
+            "attn": p.attn if p else "none",
             "attn_params": dict(p.attn_kwargs) if p else {},
             "gamma": p.gamma if p and p.mode == "after" else None,
             "layers": list(p.layers) if p else [],
@@ -152,48 +151,6 @@ def _choice(value: Any, name: str, valid: list[str] | tuple[str, ...]) -> str:
     return value
 
 
-def resolve_placement(cfg: DictConfig) -> tuple[Placement | None, str]:
-    """The placement the config asks for, and the name of its position (preset name or ``custom``)."""
-    attn_cfg, pos_cfg = cfg.get("attn"), cfg.get("pos")
-    if attn_cfg is None:
-        if pos_cfg is not None:
-            raise AblateError(
-                "pos is set but attn is not; add +attn=NAME (valid: " + ", ".join(modules.available()) + ")"
-            )
-        return None, "none"
-    attn = str(attn_cfg.get("name"))
-    if attn not in modules.available():
-        raise AblateError(f"attn={attn!r} is not valid; valid: {', '.join(modules.available())}")
-    presets = _container(cfg.model.get("presets")) or {}
-    layers, mode = None, None
-    if pos_cfg is None:
-        name = str(attn_cfg.get("default_pos", "neck"))
-        log.info("attn=%s: using its default placement pos=%s", attn, name)
-    else:
-        name = str(pos_cfg.get("name", "custom"))
-        if name == "scan":
-            raise AblateError(
-                "pos=scan is a sweep over layer indices: add -m (python -m ablate +attn=NAME +pos=scan -m), "
-                "or use +pos=custom pos.layers=[i] for one index"
-            )
-        layers, mode = pos_cfg.get("layers"), pos_cfg.get("mode")
-    if layers is None:
-        if name not in presets:
-            valid = [*presets, "custom (+pos.layers=[...])"]
-            raise AblateError(f"pos={name!r} is not defined for {cfg.model.name}; valid: {', '.join(valid)}")
-        layers, mode = presets[name]["layers"], mode or presets[name]["mode"]
-    else:
-        name = name if pos_cfg.get("name") else "custom"
-    layers = _container(layers)
-    if isinstance(layers, int):
-        layers = [layers]
-    mode = _choice(mode or "after", "pos.mode", ("after", "replace"))
-    # null-valued hyperparameters mean "the module's default" (or, in replace mode, the host block's)
-    params = {k: v for k, v in (_container(attn_cfg.get("params")) or {}).items() if v is not None}
-    gamma = attn_cfg.get("gamma", modules.residual.DEFAULT_GAMMA)
-    return Placement(attn, tuple(layers), mode, params, gamma), name
-
-
 def resolve_dataset(cfg: DictConfig) -> dict[str, Any]:
     """The dataset part of the experiment: an embedded generator's settings or a data YAML path."""
     d = _container(cfg.dataset) or {}
@@ -208,30 +165,6 @@ def check_train(train: dict[str, Any], prefix: str = "train.") -> None:
         value = train.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise AblateError(f"{prefix}{key}={value!r} is not valid; it must be a positive integer")
-
-
-def check_device(key: str, value: Any) -> None:
-    """Reject a device this machine does not have (``cuda:7`` on a 1-GPU or CPU-only machine), naming the
-    valid ones. Accepts what ultralytics accepts: null/'' (auto), cpu, mps, 0, '0,1', [0, 1], cuda:0, -1."""
-    if value is None or str(value).strip() == "":
-        return
-    import torch
-
-    text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-    text = text.strip().lower().replace("cuda:", "")
-    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
-    n = torch.cuda.device_count()
-    if text == "cpu" or (text == "mps" and mps):
-        return
-    parts = [p.strip() for p in ("0" if text == "cuda" else text).split(",")]
-    if n and all(p == "-1" or (p.isdigit() and int(p) < n) for p in parts):
-        return
-    valid = [
-        "cpu",
-        *([f"0..{n - 1} (CUDA)" if n > 1 else "0 (CUDA)"] if n else []),
-        *(["mps"] if mps else []),
-    ]
-    raise AblateError(f"{key}={value!r} is not available on this machine; valid: {', '.join(valid)}")
 
 
 def check_latency(latency: dict[str, Any], train_device: Any) -> None:

@@ -9,9 +9,10 @@ the plan's jobs that are not cached (their ``cached`` outcomes are written befor
 nothing is trained, nothing is launched, no sweep directory is made.
 
 A job is cached when its run key (:attr:`ablate.experiment.Experiment.key`, as the job computes it) has an
-``ok`` record in the results root and ``force`` is false, exactly the test the job itself makes
-(:func:`ablate.run.cached_record`). Wall times are estimated from ok records of similar finished runs: the
-same configuration with other seeds, else the same action, model, dataset and training settings.
+``ok`` record in the results root that the job would reuse: the test the job itself makes
+(:func:`ablate.records.reusable_record`; ``force=true`` runs every job). Wall times are estimated from ok
+records of similar finished runs: the same configuration with other seeds, else the same action, model,
+dataset and training settings.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import overrides
+from .data_identity import current
 from .errors import AblateError
 from .paths import CONF_DIR
-from .records import RECORD, RUNS, RunRecord, read_json, read_record, run_dir
-from .scan import expand_scans
+from .records import RunRecord, read_records, reusable_record
 from .warm import needed_candidates
 
 if TYPE_CHECKING:
@@ -142,11 +143,9 @@ def make_plan(
         if exp is None:
             continue
         job.key = exp.key
-        if exp.action in ("train", "profile") and not exp.force:
-            previous = read_record(run_dir(exp.results_dir, exp.key))
-            if previous is not None and previous.status == "ok":
-                previous.cached = True
-                job.cached, job.record = True, previous
+        if exp.action in ("train", "profile"):
+            job.record = reusable_record(exp.results_dir, exp.key, exp.force, exp.sweep, current=current(exp))
+            job.cached = job.record is not None
     bases = missing_bases([j.overrides for j in planned if not j.cached], load, experiments)
     if bases:
         log.info("warm start: training %d base run(s) first, then the job(s) that fine-tune them", len(bases))
@@ -167,6 +166,8 @@ def plan_sweep(config: DictConfig, arguments: list[str], load: Loader, config_lo
     line's task overrides ``arguments`` (Hydra's basic sweeper's expansion, a command-line key replacing the
     params' one), then every ``+pos=scan`` job expanded to its layer indices. ``config_loader`` lets
     ``glob()`` list a group's options."""
+    from .placement import expand_scans  # imports torch: only a multirun's plan needs it
+
     params = config.hydra.sweeper.get("params") or {}
     swept = [f"{k}={v}" for k, v in params.items()]
     jobs = expand_scans(overrides.expand([*swept, *arguments], config_loader), load)
@@ -278,8 +279,7 @@ def missing_baselines(
                 f"still has attention ({exp.key}, not {key}): select attn and pos with +attn / +pos "
                 "overrides (in an experiment preset: in hydra.sweeper.params), not in a defaults list"
             )
-        previous = read_record(run_dir(exp.results_dir, key))
-        if previous is not None and previous.status == "ok":
+        if reusable_record(exp.results_dir, key) is not None:
             continue
         added[key] = baseline
     return list(added.values())
@@ -301,8 +301,7 @@ def missing_bases(
         for candidate in needed_candidates(exp):  # once the choice is pinned, only the chosen one
             if candidate.key in added:
                 continue
-            previous = read_record(run_dir(candidate.results_dir, candidate.key))
-            if previous is not None and previous.status == "ok":
+            if reusable_record(candidate.results_dir, candidate.key) is not None:
                 continue
             one = [f"train.base.seed={candidate.seed}", "train.base.candidates=1"]
             added[candidate.key] = [*keep, "action=base", *one]
@@ -323,16 +322,8 @@ def run_seconds(record: RunRecord) -> float | None:
 
 
 def finished_runs(results_dir: Path) -> list[RunRecord]:
-    """The ok records under ``results_dir`` (unreadable ones skipped)."""
-    out = []
-    for path in sorted(Path(results_dir, RUNS).glob(f"*/{RECORD}")):
-        data = read_json(path)
-        if isinstance(data, dict):
-            with contextlib.suppress(TypeError):
-                record = RunRecord.from_dict(data)
-                if record.status == "ok":
-                    out.append(record)
-    return out
+    """The ok records under ``results_dir`` (:func:`ablate.records.read_records`; unreadable ones skipped)."""
+    return [RunRecord.from_dict(d) for d in read_records(results_dir).records if d["status"] == "ok"]
 
 
 def estimate(plan: Plan, experiments: _Experiments, results_dir: Path | None = None) -> None:

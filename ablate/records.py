@@ -1,4 +1,6 @@
-"""Result storage: the run key, the per-run directory, and ``record.json`` written atomically."""
+"""Result storage: the run key, the per-run directory, ``record.json`` written atomically, the one test of
+"is there an ok record for this key?" (:func:`reusable_record`) and the one reader of all records
+(:func:`read_records`)."""
 
 from __future__ import annotations
 
@@ -6,16 +8,22 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
 
 RECORD = "record.json"
 RUNS = "runs"
@@ -111,13 +119,14 @@ class RunRecord:
         return {k: v for k, v in dataclasses.asdict(self).items() if k in stored}
 
     def update(self, fields: dict[str, Any]) -> RunRecord:
-        """Set the record fields named in ``fields`` (a measurement's result); an unknown name is an error."""
+        """Set the record fields named in ``fields`` (a step's result; its ``timings`` join the record's);
+        an unknown name is an error."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = set(fields) - known
         if unknown:
             raise KeyError(f"not RunRecord fields: {', '.join(sorted(unknown))}")
         for k, v in fields.items():
-            setattr(self, k, v)
+            setattr(self, k, {**self.timings, **v} if k == "timings" else v)
         return self
 
     @classmethod
@@ -177,6 +186,118 @@ def parse_record(raw: bytes | None) -> RunRecord | None:
         return RunRecord.from_dict(data) if isinstance(data, dict) else None
     except (ValueError, TypeError):
         return None
+
+
+def reusable_record(
+    results_dir: Path,
+    key: str,
+    force: bool = False,
+    sweep: str | None = None,
+    seen: Seen | None = None,
+    current: Callable[[RunRecord], bool] | None = None,
+) -> RunRecord | None:
+    """The ``ok`` record of run ``key`` that a job reuses instead of running it (marked ``cached``), or None.
+
+    The one test of "is there an ok record for this key?": the planner, the run (before its lock and once
+    it holds it) and the warm start make it. Without ``force`` any ok record is reused. ``force=true`` re-runs
+    once per invocation, not once per job that reaches the run: a forced job reuses an ok record made during
+    this invocation, by a job of the same ``sweep`` or, given ``seen`` (the record as this job first read
+    it), by any job since (:func:`made_this_invocation`); a planner (no sweep yet, nothing seen) runs it.
+    ``current`` tests that the record is a result on the data used now (:func:`ablate.run.current`): a
+    record of data edited since is not reused.
+    """
+    raw = read_bytes(run_dir(results_dir, key) / RECORD)
+    record = parse_record(raw)
+    if record is None or record.status != "ok":
+        return None
+    if current is not None and not current(record):
+        return None
+    if force and not made_this_invocation(raw, record.sweep, sweep, seen):
+        return None
+    record.cached = True
+    return record
+
+
+@dataclass
+class Loaded:
+    """Every readable record under a results root, as a dict with its path under ``record_path``, and the
+    paths of the unreadable ones."""
+
+    records: list[dict[str, Any]]
+    skipped: list[Path] = field(default_factory=list)
+
+
+def read_records(results_dir: Path, threads: int = 4) -> Loaded:
+    """Every record under ``results_dir``, in run-key order: the one reader of all records (the planner's
+    estimates, the tables, the measurement phase). A run without a record (in progress) is left out; an
+    unreadable one (truncated, no JSON, no ``key``/``status``) is skipped with a warning.
+
+    ``threads`` threads read the files, one slice each (overlapping the I/O of a cold cache); the JSON is
+    parsed in this thread (parsing in the threads only adds GIL contention).
+    """
+    paths = _record_files(results_dir)
+    if len(paths) >= 512 and threads > 1:
+        step = -(-len(paths) // threads)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            parts = pool.map(_read_all, [paths[i : i + step] for i in range(0, len(paths), step)])
+            data = [b for part in parts for b in part]
+    else:
+        data = _read_all(paths)
+    loaded = Loaded([])
+    for path, raw in zip(paths, data, strict=True):
+        if raw is None:
+            continue
+        d = _parse(path, raw)
+        if d is None:
+            loaded.skipped.append(Path(path))
+        else:
+            loaded.records.append(d)
+    return loaded
+
+
+def _record_files(results_dir: Path) -> list[str]:
+    """``runs/<key>/record.json`` of every run directory under ``results_dir``, sorted by key."""
+    root = os.path.join(results_dir, RUNS)
+    if not os.path.isdir(root):
+        return []
+    with os.scandir(root) as it:
+        names = sorted(e.name for e in it if e.is_dir())
+    return [os.path.join(root, n, RECORD) for n in names]
+
+
+def _read_all(paths: Sequence[str]) -> list[bytes | None]:
+    """The bytes of each file; None when it does not exist (a run in progress), b"" when unreadable."""
+    out: list[bytes | None] = []
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                out.append(fh.read())
+        except FileNotFoundError:
+            out.append(None)
+        except OSError as e:
+            log.warning("skipping %s: unreadable record (%s)", path, e)
+            out.append(b"")
+    return out
+
+
+def _parse(path: str, data: bytes) -> dict[str, Any] | None:
+    """A record's dict with its ``record_path``; None (with a warning) when it is no readable record.
+
+    orjson (about 3x faster on 10,000 records), Python's json where orjson refuses the text (records may
+    hold NaN, which json writes and orjson does not read)."""
+    try:
+        try:
+            d = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            d = json.loads(data)
+    except ValueError as e:
+        log.warning("skipping %s: unreadable record (%s)", path, " ".join(str(e).split())[:120])
+        return None
+    if not isinstance(d, dict) or not isinstance(d.get("key"), str) or not isinstance(d.get("status"), str):
+        log.warning("skipping %s: not a run record (no key/status)", path)
+        return None
+    d["record_path"] = path
+    return d
 
 
 @dataclass(frozen=True)

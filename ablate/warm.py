@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .data_identity import current
 from .errors import AblateError
 from .records import (
     Seen,
@@ -39,6 +40,7 @@ from .records import (
     now,
     read_bytes,
     read_record,
+    reusable_record,
     run_dir,
     run_key,
     write_json_atomic,
@@ -56,14 +58,14 @@ BASES = "bases"  # <results>/bases/<id>.json: the pinned choice of each candidat
 RULE = "lowest final training loss (ties: the lower seed)"
 
 
-def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool = False) -> RunRecord | None:
+def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool = False) -> RunRecord:
     """Run one job: ``action=base`` trains the base candidates and returns the base; a warm start finds its
     base, then runs; anything else just runs (:func:`ablate.run.execute`, which says what is returned and
     raised).
 
     A warm start's model is built before its base trains (a model that does not build fails in seconds);
     when no base can be had, the run is recorded as failed under ``record_errors`` (sweeps) and raises
-    :class:`AblateError` otherwise.
+    :class:`AblateError` otherwise (:func:`ablate.run.record_failure`).
     """
     from . import run
 
@@ -76,17 +78,15 @@ def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool 
     if not exp.warm:
         return run.execute(exp, cfg, record_errors)
     start = run.job_start(exp)
-    cached = run.cached_record(exp, start.seen)
-    if cached is not None:
-        log.info("cached: run %s already has an ok record (force=true re-runs)", cached.key)
-        return cached
+    reused = reusable_record(exp.results_dir, exp.key, exp.force, exp.sweep, start.seen, current(exp))
+    if reused is not None:
+        log.info("cached: run %s already has an ok record (force=true re-runs)", exp.key)
+        return reused
     try:
-        run.build(exp, start)
+        start.built = run.composed_model(exp)
         base = base_for(exp)
     except AblateError as e:
-        if not record_errors:
-            raise
-        return run.record_failure(exp, run.base_record(exp, exp.key, None, None), e)
+        return run.record_failure(exp, e, record_errors)
     return run.execute(exp, cfg, record_errors, base_run=base, start=start)
 
 
@@ -159,8 +159,8 @@ def pinned_base(
         return found[0]
     (candidate,) = [c for c in candidates if c.key == key]
     record = run.execute(dataclasses.replace(candidate, force=False), record_errors=True)
-    if record is None or record.status != "ok":
-        error = _first_line(record.error if record is not None else None)
+    if record.status != "ok":
+        error = _first_line(record.error)
         raise AblateError(
             f"the pinned warm-start base run {key} ({path}) did not train: {error}; "
             "force=true chooses the base again"
@@ -180,9 +180,7 @@ def candidate_records(exp: Experiment, candidates: list[Experiment]) -> list[Run
         if previous is not None and previous.status == "failed" and exp.sweep and previous.sweep == exp.sweep:
             records.append(previous)
             continue
-        record = run.execute(dataclasses.replace(candidate, force=False), record_errors=True)
-        assert record is not None  # a candidate trains (action=train): never None
-        records.append(record)
+        records.append(run.execute(dataclasses.replace(candidate, force=False), record_errors=True))
     return records
 
 

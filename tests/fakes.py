@@ -43,7 +43,7 @@ def install_fake_training(monkeypatch: pytest.MonkeyPatch) -> FakeTraining:
     monkeypatch.setattr(run, "materialize_dataset", lambda exp: "fake-data.yaml")
     monkeypatch.setattr(run.data_identity, "record_fields", lambda data_yaml, data_dir=None: {})
     monkeypatch.setattr(run, "weights_transfer", lambda exp, d, model, base_run=None: None)
-    monkeypatch.setattr("ablate.measure.cost.cost_fields", lambda model, imgsz: {})
+    monkeypatch.setattr(run, "cost_fields", lambda model, imgsz: {})
     return fake
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,19 +11,21 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
 import modules
-from ablate.compose import (
-    Placement,
+from ablate.compose import base_indices, compose, insert_after, marks
+from ablate.errors import AblateError
+from ablate.measure.model import (
     base_model_yaml,
     build_model,
-    compose,
     count_params,
-    insert_after,
     layer_table,
-    marks,
+    model_fields,
+    placement_strides,
     rows,
 )
-from ablate.errors import AblateError
 from ablate.paths import CONF_DIR
+from ablate.placement import Placement, resolve_placement
+
+from .helpers import config
 
 NC = 5
 
@@ -215,3 +218,40 @@ def _anchor_output(model: torch.nn.Module, h: int, w: int) -> torch.Tensor:
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(AblateError, match="unknown model 'yolo99n'"):
         base_model_yaml("yolo99n", NC)
+
+
+@pytest.mark.parametrize("preset", ["neck", "p3", "backbone", "a2c2f"])
+def test_the_strides_of_a_placement_are_its_base_layers_strides(preset: str) -> None:
+    """Read off the built composed model (inserted layers skipped) they are the base model's strides at
+    those indices, and those the composed YAML's base-to-composed map points at."""
+    d = base_model_yaml("yolo12n", NC)
+    base_strides = [r.stride for r in layer_table(build_model(d))]
+    spec = presets()[preset]
+    placement = Placement("rala", tuple(spec["layers"]), spec["mode"])
+    composed = compose(d, placement, "yolo12n")
+    model = build_model(composed)
+    strides = placement_strides(model, placement.layers)
+    assert strides == [base_strides[i] for i in placement.layers] and set(strides) <= {8, 16, 32}
+    table, where = layer_table(model), base_indices(composed)
+    assert strides == [table[where[i]].stride for i in placement.layers]
+    assert model_fields(model, composed, placement.layers, 100)["strides"] == strides
+
+
+def test_placement_is_decided_from_the_presets_in_one_place(tmp_path: Path) -> None:
+    def decided(*overrides: str) -> tuple[Placement | None, str]:
+        return resolve_placement(config(list(overrides), tmp_path / "r", tmp_path / "d"))
+
+    named = presets()
+    assert decided() == (None, "none")
+    neck, name = decided("+attn=rala", "+pos=neck")
+    assert name == "neck" and neck.layers == tuple(named["neck"]["layers"]) and neck.mode == "after"
+    a2c2f, _ = decided("+attn=area", "+pos=a2c2f")
+    assert a2c2f.layers == tuple(named["a2c2f"]["layers"]) and a2c2f.mode == "replace"
+    default, name = decided("+attn=mhsa")  # an attention alone: its default position
+    assert name == "p5" and default.layers == tuple(named["p5"]["layers"])
+    custom, name = decided("+attn=rala", "+pos=custom", "pos.layers=7")
+    assert name == "custom" and custom.layers == (7,) and custom.mode == "after"
+    with pytest.raises(AblateError, match=r"pos.mode='sideways' is not valid; valid: after, replace"):
+        decided("+attn=rala", "+pos=custom", "pos.layers=[7]", "pos.mode=sideways")
+    with pytest.raises(AblateError, match=r"pos is set but attn is not"):
+        decided("+pos=neck")

@@ -15,8 +15,8 @@ from ablate import overrides
 from ablate.cli import group_options
 from ablate.errors import AblateError
 from ablate.paths import CONF_DIR
+from ablate.placement import expand_scans
 from ablate.plan import composed_command, make_plan, plan_command
-from ablate.scan import expand_scans
 
 from .helpers import config
 

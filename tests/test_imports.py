@@ -29,7 +29,7 @@ FRESH_IMPORTS = [
     "ablate.paths",
     "ablate.status",
     "ablate.calibrate",
-    "ablate.scan",
+    "ablate.placement",
     "ablate.progress",
 ]
 

@@ -11,8 +11,10 @@ from torch import nn
 from ultralytics.nn.modules.block import AAttn
 
 import modules
-from ablate.compose import Placement, base_model_yaml, build_model, compose, layer_table
+from ablate.compose import compose
 from ablate.measure import cost as measure
+from ablate.measure.model import base_model_yaml, build_model, layer_table, stride_size
+from ablate.placement import Placement
 from modules.hosts import A2C2fSwap, C2PSASwap, module_kwargs
 
 IMGSZ = 160  # small maps keep the full-model counts fast; AAttn's 4 areas still divide P4 (10×10)
@@ -182,11 +184,11 @@ def test_inserting_a_module_adds_its_own_flops(
 
 
 def test_sizes_round_up_to_the_stride(base: nn.Module, base_count: measure.FlopCount) -> None:
-    assert measure.stride_size(base, 150) == (IMGSZ, IMGSZ) == base_count.imgsz
-    assert measure.stride_size(base, (100, 161)) == (128, 192)
-    assert measure.stride_size(ConvMatmul(), 15) == (15, 15)  # no strides: as given
+    assert stride_size(base, 150) == (IMGSZ, IMGSZ) == base_count.imgsz
+    assert stride_size(base, (100, 161)) == (128, 192)
+    assert stride_size(ConvMatmul(), 15) == (15, 15)  # no strides: as given
     with pytest.raises(ValueError, match="imgsz"):
-        measure.stride_size(base, 0)
+        stride_size(base, 0)
 
 
 def test_ultralytics_count_is_recorded_with_its_counter(base: nn.Module) -> None:

@@ -20,6 +20,7 @@ import pytest
 from ablate import report as reporting
 from ablate.measure import latency, phase, quiet, store
 from ablate.measure.__main__ import main as measure_main
+from ablate.measure.model import architecture_key
 from ablate.records import RunRecord, run_dir, write_record
 from ablate.report import layout, render
 
@@ -60,9 +61,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
 
 def variant(attn: str) -> phase.Architecture:
     d = {"nc": 5, "variant": attn}  # never built: the fake backend times it
-    return phase.Architecture(
-        phase.architecture_key(d, IMGSZ), "yolo12n", attn, "neck", 5, IMGSZ, d, (14, 17, 20)
-    )
+    return phase.Architecture(architecture_key(d, IMGSZ), "yolo12n", attn, "neck", 5, IMGSZ, d, (14, 17, 20))
 
 
 A, B = variant("rala"), variant("halo")

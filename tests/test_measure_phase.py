@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from ablate.errors import AblateError
 from ablate.experiment import experiment_from_config
 from ablate.measure import phase, store
+from ablate.measure.device import check_device, is_auto, is_ddp, torch_device
 from ablate.records import RunRecord
 from ablate.run import execute
 
@@ -118,8 +122,23 @@ def test_bad_settings_name_the_value() -> None:
         phase.Settings(backend="onnx").check()
     with pytest.raises(ValueError, match="half=true needs a CUDA device"):
         phase.Settings(half=True).check()
-    assert phase.torch_device("0") == "cuda:0" and phase.torch_device(None) == "cpu"
-    assert phase.torch_device([1, 2]) == "cuda:1" and phase.torch_device("cuda:3") == "cuda:3"
+
+
+def test_device_strings_are_read_in_one_place() -> None:
+    """ultralytics' spellings as torch names them, as DDP reads them, and checked against this machine."""
+    assert torch_device("0") == "cuda:0" and torch_device(None) == "cpu" and torch_device("") == "cpu"
+    assert torch_device([1, 2]) == "cuda:1" and torch_device("cuda:3") == "cuda:3"
+    assert torch_device("mps") == "mps" and torch_device(" CPU ") == "cpu"
+    assert is_ddp("0,1") and is_ddp([0, 1]) and is_ddp("cuda:0, cuda:1")
+    assert not any(is_ddp(v) for v in ("0", 0, "cpu", None, [0], ""))
+    assert is_auto(None) and is_auto("") and is_auto("auto") and not is_auto(0) and not is_auto("cpu")
+    check_device("train.device", None)  # ultralytics chooses
+    check_device("train.device", "cpu")
+    gpus = torch.cuda.device_count()
+    with pytest.raises(AblateError, match=rf"train.device='cuda:{gpus}' is not available on this machine"):
+        check_device("train.device", f"cuda:{gpus}")
+    with pytest.raises(AblateError, match=r"train.device='auto' is not available"):  # ultralytics has no auto
+        check_device("train.device", "auto")
 
 
 def test_table_reads_the_phase(profiled: tuple[Path, dict[str, RunRecord]]) -> None:
@@ -163,3 +182,19 @@ def test_cli_measures_and_rejects_bad_input(
     proc = subprocess.run(empty, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "no ok run with an architecture" in proc.stderr
     assert not (tmp_path / "none").exists()  # nothing written
+
+
+def test_profile_times_the_profiled_run_beside_its_baseline(
+    profiled: tuple[Path, dict[str, RunRecord]], tmp_path: Path
+) -> None:
+    """``action=profile``'s latency (the CLI prints it): the phase for that run's architecture and its
+    baseline's, under the run's ``measure.latency`` settings."""
+    results, recs = profiled
+    for name in ("halo", "baseline"):  # a results root of their own: the other tests' phases stay as they are
+        shutil.copytree(results / "runs" / recs[name].key, tmp_path / "runs" / recs[name].key)
+    (result,) = phase.profile(recs["halo"], {"backends": ["torch"], **FAST}, None, tmp_path)
+    assert result.settings.device == "cpu" and result.skipped is None and len(result.measured) == 2
+    by_attn = {m["attn"]: m for m in result.measured}
+    assert set(by_attn) == {"none", "halo"} and by_attn["halo"]["arch_key"] == recs["halo"].arch_key
+    assert by_attn["halo"]["baseline_arch_key"] == by_attn["none"]["arch_key"] == recs["baseline"].arch_key
+    assert (tmp_path / "measures" / "latency.csv").is_file()

@@ -15,8 +15,8 @@ from ablate.cli import check_group_overrides
 from ablate.errors import AblateError
 from ablate.live import job_labels
 from ablate.paths import CONF_DIR
+from ablate.placement import scan_index
 from ablate.report.hints import _override_value, train_overrides
-from ablate.scan import scan_index
 from ablate.status import fold
 
 

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from ablate.experiment import experiment_from_config
-from ablate.plan import Plan, PlannedJob, format_plan, launcher_parallelism, make_plan
-from ablate.records import RunRecord, run_dir, write_record
+from ablate.plan import Plan, PlannedJob, finished_runs, format_plan, launcher_parallelism, make_plan
+from ablate.records import RunRecord, read_records, run_dir, write_record
+from ablate.report.load import load_records
 
 from .helpers import config
 from .test_sweep import PROFILE, ROOT
@@ -135,3 +136,21 @@ def test_a_device_the_planning_machine_lacks_does_not_hide_the_cache(tmp_path: P
     plan = make_plan([on_gpu, [*JOB, "seed=1", "train.device=7"]], loader(results, data))
     assert plan.jobs[0].cached and plan.jobs[0].key == key and plan.jobs[0].error is None
     assert plan.added("baseline") == 2
+
+
+def test_the_planner_and_the_tables_read_records_with_one_reader(tmp_path: Path) -> None:
+    """``read_records``: every readable record in key order, unreadable ones skipped (named), runs without a
+    record left out; the planner's estimates take its ok records, the tables all of them."""
+    results, data = tmp_path / "r", tmp_path / "d"
+    ok = {finished(results, data, [*JOB, f"seed={s}"], 30) for s in (0, 1)}
+    failed = finished(results, data, [*JOB, "seed=2"], 30, status="failed")
+    (results / "runs" / "truncated").mkdir()
+    (results / "runs" / "truncated" / "record.json").write_text('{"key": "trunc')
+    (results / "runs" / "notarecord").mkdir()
+    (results / "runs" / "notarecord" / "record.json").write_text("[1, 2]")
+    (results / "runs" / "running").mkdir()  # a run in progress: no record yet
+    loaded = read_records(results)
+    assert [d["key"] for d in loaded.records] == sorted([*ok, failed])
+    assert sorted(p.parent.name for p in loaded.skipped) == ["notarecord", "truncated"]
+    assert {r.key for r in finished_runs(results)} == ok
+    assert [d["key"] for d in load_records(results).records] == [d["key"] for d in loaded.records]

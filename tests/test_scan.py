@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from ablate.placement import expand_scans
 from ablate.report import make_tables
 from ablate.report.load import load_records
-from ablate.scan import expand_scans
 
 from .helpers import config
 

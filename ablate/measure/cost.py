@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from .model import stride_size
+
 log = logging.getLogger(__name__)
 
 
@@ -152,15 +154,6 @@ COUNTER = "torch.utils.flop_counter.FlopCounterMode+sdpa"
 def flop_counter() -> FlopCounterMode:
     """A silent ``FlopCounterMode`` that also counts the fused SDPA kernels (see :data:`SDPA_RULES`)."""
     return FlopCounterMode(display=False, custom_mapping=SDPA_RULES)
-
-
-def stride_size(model: nn.Module, imgsz: int | tuple[int, int]) -> tuple[int, int]:
-    """``imgsz`` as (h, w) rounded up to a multiple of the model's largest stride (1 without strides)."""
-    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
-    if min(h, w) <= 0:
-        raise ValueError(f"imgsz must be positive, got {imgsz!r}")
-    stride = int(max(model.stride)) if hasattr(model, "stride") else 1
-    return tuple(max(stride, math.ceil(s / stride) * stride) for s in (h, w))
 
 
 @contextlib.contextmanager

@@ -44,7 +44,8 @@ import torch
 import yaml
 
 from ..paths import MODEL_YAML
-from ..records import RUNS, read_json, run_key, write_json_atomic, write_text_atomic
+from ..records import RUNS, RunRecord, read_json, run_key, write_json_atomic, write_text_atomic
+from .device import torch_device
 from .latency import (
     BACKENDS,
     BackendUnavailableError,
@@ -58,15 +59,11 @@ from .latency import (
     timing,
     torch_call,
 )
+from .model import architecture_key, base_model_yaml, build_model
 from .quiet import Load, wait_until_quiet
 from .store import EXPORT_DIR, MEASURES, MODELS_DIR, SETTINGS_JSON, phase_of, write_latency_csv
 
 log = logging.getLogger(__name__)
-
-
-def architecture_key(model_yaml: Mapping[str, Any], imgsz: Sequence[int]) -> str:
-    """The key of an architecture: hash of its composed model YAML (nc included) and input size (h, w)."""
-    return run_key({"model_yaml": dict(model_yaml), "imgsz": [int(v) for v in imgsz]})
 
 
 @dataclass(frozen=True)
@@ -97,8 +94,6 @@ class Architecture:
         """The same model and nc at the same size, without attention."""
         if self.is_baseline:
             return self
-        from ..compose import base_model_yaml
-
         d = base_model_yaml(self.model, self.nc)
         return Architecture(
             architecture_key(d, self.imgsz), self.model, "none", "none", self.nc, self.imgsz, d
@@ -181,15 +176,6 @@ class Settings:
     @property
     def key(self) -> str:
         return f"{self.backend}-{run_key(self.describe())[:10]}"
-
-
-def torch_device(value: Any) -> str:
-    """A device as torch names it from ultralytics' spelling: null/'' -> cpu, 0 or '0,1' -> cuda:0."""
-    text = (
-        ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value or "cpu").strip().lower()
-    )
-    first = text.split(",")[0].strip() or "cpu"
-    return f"cuda:{first}" if first.isdigit() else first
 
 
 def settings_from_config(latency: Mapping[str, Any], train_device: Any = None) -> list[Settings]:
@@ -352,8 +338,6 @@ def together(
 
 def build(arch: Architecture) -> torch.nn.Module:
     """The architecture's model, initialised under seed 0 (weights do not change its latency)."""
-    from ..compose import build_model
-
     torch.manual_seed(0)
     return build_model(arch.yaml)
 
@@ -575,6 +559,15 @@ def format_phase(result: PhaseResult) -> str:
         ratio = f"{m['latency_ratio']:.3f} ({m['latency_ratio_p10']:.3f}-{m['latency_ratio_p90']:.3f})"
         lines.append(f"{m['label']:<34} {size:>7} {m['latency_ms']:>10.2f} {spread:>15} {ratio:>22}")
     return "\n".join(lines)
+
+
+def profile(
+    record: RunRecord, latency: Mapping[str, Any], device: Any, results_dir: Path, force: bool = False
+) -> list[PhaseResult]:
+    """The latency of ``action=profile``: the measurement phase for the profiled run's architecture and its
+    baseline, under the run's ``measure.latency`` settings (``device``: ``train.device``, when those name
+    none). Raises :class:`ablate.measure.quiet.MachineBusyError` as :func:`run_phase`."""
+    return run_phase(results_dir, settings_from_config(latency, device), [record.to_dict()], force=force)
 
 
 def run_phase(

@@ -6,30 +6,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 
 from ..errors import AblateError
-from ..records import RECORD, RUNS, results_lock, run_key, write_text_atomic
+from ..records import RUNS, Loaded, read_records, results_lock, run_key, write_text_atomic
 from .columns import INT_FIELDS, METRICS, RECORD_FIELDS, RUNS_CSV, WHOLE_JSON
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Loaded:
-    """The readable records (as dicts, with their path under ``record_path``) and the skipped paths."""
-
-    records: list[dict[str, Any]]
-    skipped: list[Path] = field(default_factory=list)
 
 
 _DEFAULTS = {"action": "train", "model": "", "attn": "none", "pos": "none", "mode": "none", "dataset": ""}
@@ -49,88 +37,23 @@ def _fill_keys(d: dict[str, Any]) -> None:
         d["baseline_key"] = d.get("baseline_key") or "~" + run_key(base)[:15]
 
 
-def _read_all(paths: Sequence[str]) -> list[bytes | None]:
-    """The bytes of each file; None when it does not exist (a run in progress), b"" when unreadable."""
-    out: list[bytes | None] = []
-    for path in paths:
-        try:
-            with open(path, "rb") as fh:
-                out.append(fh.read())
-        except FileNotFoundError:
-            out.append(None)
-        except OSError as e:
-            log.warning("skipping %s: unreadable record (%s)", path, e)
-            out.append(b"")
-    return out
-
-
-def _loads(data: bytes) -> Any:
-    """JSON text -> object: orjson (about 3x faster on 10,000 records), Python's json where orjson refuses
-    the text (records may hold NaN, which json writes and orjson does not read)."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
-
-
-def _parse(path: str, data: bytes) -> dict[str, Any] | None:
-    try:
-        d = _loads(data)
-    except ValueError as e:
-        log.warning("skipping %s: unreadable record (%s)", path, " ".join(str(e).split())[:120])
-        return None
-    if not isinstance(d, dict) or not isinstance(d.get("key"), str) or not isinstance(d.get("status"), str):
-        log.warning("skipping %s: not a run record (no key/status)", path)
-        return None
-    for k, default in _DEFAULTS.items():
-        if d.get(k) is None:
-            d[k] = default
-    if not (d.get("config_key") and d.get("train_hash") and d.get("baseline_key")):
-        _fill_keys(d)
-    d["record_path"] = path
-    return d
-
-
-def record_paths(results_dir: Path) -> list[Path]:
-    """``runs/<key>/record.json`` for every run directory under ``results_dir``, sorted by key."""
-    return [Path(p) for p in _record_files(results_dir)]
-
-
-def _record_files(results_dir: Path) -> list[str]:
-    root = os.path.join(results_dir, RUNS)
-    if not os.path.isdir(root):
-        return []
-    with os.scandir(root) as it:
-        names = sorted(e.name for e in it if e.is_dir())
-    return [os.path.join(root, n, RECORD) for n in names]
-
-
 def load_records(results_dir: Path, threads: int = 4) -> Loaded:
-    """Read every record; skip unreadable ones with a warning.
-
-    ``threads`` threads read the files, one slice each (overlapping the I/O of a cold cache); the JSON
-    is parsed in this thread (parsing in the threads only adds GIL contention).
-    """
-    paths = _record_files(results_dir)
-    if len(paths) >= 512 and threads > 1:
-        step = -(-len(paths) // threads)
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            parts = pool.map(_read_all, [paths[i : i + step] for i in range(0, len(paths), step)])
-            data = [b for part in parts for b in part]
-    else:
-        data = _read_all(paths)
-    records: list[dict[str, Any]] = []
-    skipped: list[Path] = []
-    for path, raw in zip(paths, data, strict=True):
-        if raw is None:
-            continue
-        d = _parse(path, raw)
-        if d is None:
-            skipped.append(Path(path))
-        else:
-            records.append(d)
-    log.info("read %d records from %s (%d skipped)", len(records), Path(results_dir) / RUNS, len(skipped))
-    return Loaded(records, skipped)
+    """Every record (:func:`ablate.records.read_records`) with the defaults and grouping keys of records
+    written before those fields existed filled in."""
+    loaded = read_records(results_dir, threads)
+    for d in loaded.records:
+        for k, default in _DEFAULTS.items():
+            if d.get(k) is None:
+                d[k] = default
+        if not (d.get("config_key") and d.get("train_hash") and d.get("baseline_key")):
+            _fill_keys(d)
+    log.info(
+        "read %d records from %s (%d skipped)",
+        len(loaded.records),
+        Path(results_dir) / RUNS,
+        len(loaded.skipped),
+    )
+    return loaded
 
 
 def _json_each(values: Iterable[Any]) -> list[Any]:

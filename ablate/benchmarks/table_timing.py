@@ -1,6 +1,6 @@
 """Benchmark of ``make table``: synthetic records in a temporary results root, timed end to end.
 
-    python -m ablate.benchmarks.table [--records 10000] [--repeats 3] [--keep DIR]
+    python -m ablate.benchmarks.table_timing [--records 10000] [--repeats 3] [--keep DIR]
 
 Writes ``--records`` synthetic ``record.json`` files shaped like real ones (2 training settings ×
 4 datasets × (baseline + 6 modules × 8 positions) = 392 configurations, seeds 0, 1, … until the

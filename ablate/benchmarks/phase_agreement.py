@@ -1,6 +1,6 @@
 """The measurement phase, twice back to back on one results root: does it agree with itself?
 
-    python -m ablate.benchmarks.measure_phase --results DIR [--backend torch onnxruntime] [--rounds R] ...
+    python -m ablate.benchmarks.phase_agreement --results DIR [--backend torch onnxruntime] [--rounds R] ...
                                               [--force-load]
     make measure-bench [RESULTS=dir] [BACKEND="torch onnxruntime"]
 
@@ -58,7 +58,7 @@ def baseline_fastest(result: PhaseResult) -> bool | None:
 def main(argv: list[str] | None = None) -> None:
     d = config_defaults()
     p = argparse.ArgumentParser(
-        prog="python -m ablate.benchmarks.measure_phase", description=__doc__.split("\n\n")[0]
+        prog="python -m ablate.benchmarks.phase_agreement", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--results", default="results")
     p.add_argument("--backend", nargs="+", default=list(d["backends"]))
