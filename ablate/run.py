@@ -33,6 +33,7 @@ from .compose import (
 )
 from .errors import AblateError
 from .experiment import Experiment
+from .families import family_of
 from .paths import MODEL_YAML
 from .records import (
     RECORD,
@@ -140,6 +141,7 @@ def base_record(
         key=key,
         action=exp.action,
         model=exp.model,
+        family=family_of(exp.model),
         scale=next(iter(d["scales"])) if d else "",
         attn=exp.attn,
         attn_params=dict(p.attn_kwargs) if p else {},

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..families import family_of
 from .columns import AP_COLUMNS, HIGHER_IS_BETTER, LATENCY_SETTINGS, MEASURE_COLUMNS
 from .statistics import StatOptions, detectable_delta, family_size
 
@@ -66,6 +67,7 @@ class Table:
     single_seed: list[SingleSeed] = field(default_factory=list)  # Δ cells from one paired seed: not evidence
     latency_apart: int = 0  # latency cells timed in another phase than their baseline's (no ratio)
     latency_load: list[str] = field(default_factory=list)  # the load of measurements timed on a busy machine
+    families: list[str] = field(default_factory=list)  # the model families of its rows (ablate.families)
 
 
 @dataclass
@@ -165,6 +167,7 @@ def build_table(summary: pd.DataFrame, n_failed: int = 0, options: StatOptions |
     )
     table.latency_apart = sum(r.cells[("", "latency_ms")].apart for b in blocks for r in b.rows)
     table.latency_load = _latency_load(s)
+    table.families = sorted({family_of(str(m)) for m in s["model"]})
     _mark_best(table)
     return table
 
