@@ -39,6 +39,7 @@ class RunRecord:
     error: str | None = None
     action: str = "train"
     model: str = ""
+    family: str = ""  # the model's family (ablate.families): yolov8, yolo11, yolo12, yolo26
     scale: str = ""
     attn: str = "none"
     attn_params: dict[str, Any] = field(default_factory=dict)

@@ -29,6 +29,7 @@ from . import data_identity, datasets, progress
 from .compose import compose, write_yaml
 from .errors import AblateError
 from .experiment import Experiment
+from .families import family_of
 from .measure.cost import cost_fields
 from .measure.model import base_model_yaml, build_model, model_fields
 from .paths import MODEL_YAML
@@ -232,6 +233,7 @@ def new_record(exp: Experiment) -> RunRecord:
         key=exp.key,
         action=exp.action,
         model=exp.model,
+        family=family_of(exp.model),
         attn=exp.attn,
         attn_params=dict(p.attn_kwargs) if p else {},
         attn_variant=modules.variant(p.attn, p.attn_kwargs) if p else "",

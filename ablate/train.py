@@ -201,6 +201,7 @@ def train_and_validate(
     import modules  # noqa: F401  (module classes must resolve when ultralytics parses the YAML)
 
     from .detection_trainer import AblateTrainer
+    from .families import head_args
     from .progress import progress_callbacks
 
     offline_safe()
@@ -244,6 +245,7 @@ def train_and_validate(
     cuda = torch.cuda.is_available() and str(train.get("device")) not in ("cpu", "mps")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    args.update(head_args(model.model))  # validate an end-to-end head (YOLO26) on its own output, no NMS
     start = time.perf_counter()
     model.train(data=data_yaml, trainer=AblateTrainer, **args)
     seconds = time.perf_counter() - start

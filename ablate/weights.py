@@ -30,6 +30,7 @@ from modules.hosts import HOSTS
 
 from .compose import base_indices, marks
 from .errors import AblateError
+from .families import family_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,7 @@ def _hint(ckpt: Checkpoint, base: nn.Module) -> str:
     """What the checkpoint's own YAML says about it: another layer sequence (family) or another scale."""
     if not ckpt.yaml:
         return ""
+    named = family_mismatch(ckpt.yaml, getattr(base, "yaml", None))  # "a yolo12 checkpoint, the base ..."
     theirs = [
         str(r[2]).split(".")[-1]
         for r in list(ckpt.yaml.get("backbone", [])) + list(ckpt.yaml.get("head", []))
@@ -306,7 +308,10 @@ def _hint(ckpt: Checkpoint, base: nn.Module) -> str:
         )
         a = theirs[k] if k < len(theirs) else "nothing"
         b = ours[k] if k < len(ours) else "nothing"
-        return f" (the checkpoint's layer {k} is {a}, the base model's is {b}: another model family?)"
+        named = f"{named}; " if named else ""
+        return f" ({named}the checkpoint's layer {k} is {a}, the base model's is {b}: another model family?)"
+    if named:  # the same layers, another head (yolo11 and yolo26)
+        return f" ({named}: another model family)"
     scale = ckpt.yaml.get("scale")
     return f" (the checkpoint is scale {scale!r}: another scale?)" if scale else " (another scale?)"
 

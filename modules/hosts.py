@@ -127,7 +127,9 @@ class A2C2fSwap(A2C2f):
 
 
 class C2PSASwap(C2PSA):
-    """YOLO11's ``C2PSA`` block with another attention in every ``PSABlock``.
+    """YOLO11's and YOLO26's ``C2PSA`` block (layer 10 of both; the same ultralytics class) with another
+    attention in every ``PSABlock``. YOLO26's layer-22 ``C3k2(attn=True)`` also holds a ``PSABlock``, but
+    is a ``C3k2``, not a host.
 
     ``PSABlock`` has no initialisation of its own (its ``Attention`` keeps PyTorch's defaults), so the
     swapped-in module keeps its own defaults too.

@@ -1,7 +1,8 @@
-"""ONNX export: every registered attention module, alone and inside composed yolo12n models (insert
-and replace mode), exports at static shapes and matches torch in ONNX Runtime (max relative error
-≤ 1e-4), also at map sizes that are not multiples of halo's block (8) nor split evenly into area's 4
-areas; plus the export helpers' contract (output path, caller's model untouched, session threads)."""
+"""ONNX export: every registered attention module, alone and inside composed yolo12n and yolo26n models
+(insert and replace mode; yolo26n on its end-to-end head, as deployed), exports at static shapes and
+matches torch in ONNX Runtime (max relative error ≤ 1e-4), also at map sizes that are not multiples of
+halo's block (8) nor split evenly into area's 4 areas; plus the export helpers' contract (output path,
+caller's model untouched, session threads)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from torch import nn
 
 import modules
 from ablate.compose import Placement, base_model_yaml, build_model, compose
-from ablate.measure.export import export_onnx, onnx_parity, onnx_session
+from ablate.families import select_head
+from ablate.measure.export import export_onnx, onnx_parity, onnx_session, unordered_diff
 
 from .test_compose import presets
 
@@ -27,19 +29,20 @@ ALONE_SIZES = [(20, 20), (24, 24), (20, 28), (15, 9)]
 # image sizes of composed models: 64×64 gives maps 8×8 / 4×4 / 2×2 (P3 / P4 / P5), 160×96 gives
 # 20×12 / 10×6 / 5×3 (no multiples of 8; P5 has 15 tokens, not divisible into 4 areas)
 IMAGE_SIZES = [(64, 64), (160, 96)]
-PRESETS = ["neck", "a2c2f"]  # insert after the neck outputs, replace YOLO12's A2C2f attention
+# insert after the neck outputs; replace the family's own attention (YOLO12's A2C2f, YOLO26's C2PSA)
+PRESETS = [("yolo12n", "neck"), ("yolo12n", "a2c2f"), ("yolo26n", "neck"), ("yolo26n", "c2psa")]
 
 
 @cache
-def yolo12n_presets() -> dict[str, dict]:
-    return presets("yolo12n")
+def model_presets(model: str) -> dict[str, dict]:
+    return presets(model)
 
 
-def composed(attn: str, preset: str) -> nn.Module:
-    """yolo12n (eval mode) with ``attn`` placed as the preset says."""
-    spec = yolo12n_presets()[preset]
+def composed(attn: str, preset: str, model: str = "yolo12n") -> nn.Module:
+    """``model`` (eval mode, on the head it is deployed with) with ``attn`` placed as the preset says."""
+    spec = model_presets(model)[preset]
     placement = Placement(attn, tuple(spec["layers"]), spec["mode"])
-    return build_model(compose(base_model_yaml("yolo12n", NC), placement, "yolo12n")).eval()
+    return select_head(build_model(compose(base_model_yaml(model, NC), placement, model))).eval()
 
 
 def visible(model: nn.Module, imgsz: tuple[int, int], images: int = 16) -> nn.Module:
@@ -69,8 +72,10 @@ def visible(model: nn.Module, imgsz: tuple[int, int], images: int = 16) -> nn.Mo
     return model.eval()
 
 
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / a.abs().max())
+def relative(a: torch.Tensor, b: torch.Tensor, unordered: bool = False) -> float:
+    """Max relative difference; ``unordered``: of ranked detections as sets (an end-to-end head)."""
+    diff = unordered_diff(a.double().numpy(), b.double().numpy()) if unordered else (a - b).abs().max()
+    return float(diff / a.abs().max())
 
 
 def without_attention(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -98,18 +103,20 @@ def test_module_alone_matches_onnx_runtime(attn: str, size: tuple[int, int], tmp
 
 
 @pytest.mark.parametrize("imgsz", IMAGE_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize(("model_name", "preset"), PRESETS, ids=lambda v: str(v))
 @pytest.mark.parametrize("attn", modules.attentions())  # the identity control: test_identity.py
-def test_composed_yolo12n_matches_onnx_runtime(
-    attn: str, preset: str, imgsz: tuple[int, int], tmp_path: Path
+def test_composed_model_matches_onnx_runtime(
+    attn: str, model_name: str, preset: str, imgsz: tuple[int, int], tmp_path: Path
 ) -> None:
-    model = visible(composed(attn, preset), imgsz)
+    model = visible(composed(attn, preset, model_name), imgsz)
     x = torch.rand(1, 3, *imgsz)
+    end2end = bool(getattr(model, "end2end", False))
+    assert end2end == (model_name == "yolo26n")  # yolo26n exports (and is compared) on its one-to-one head
     with torch.no_grad():
-        effect = relative(model(x)[0], without_attention(model, x))
+        effect = relative(model(x)[0], without_attention(model, x), unordered=end2end)
     assert effect > TOL, f"the attention hardly changes the detections ({effect:.3g}): nothing to compare"
     err = onnx_parity(model, x, tmp_path / "model.onnx")
-    assert err <= TOL, f"{attn} {preset} at {imgsz}: max relative error {err:.3g}"
+    assert err <= TOL, f"{attn} {model_name} {preset} at {imgsz}: max relative error {err:.3g}"
 
 
 def test_export_writes_path_and_leaves_the_model_alone(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from ..families import head_args
 from ..records import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,7 @@ def predictions_to_coco(
     yolo = model if isinstance(model, YOLO) else YOLO(str(model), task="detect")
     root = Path(gt["info"]["root"])
     kwargs = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, stream=True, verbose=False)
+    kwargs.update(head_args(yolo.model))  # an end-to-end head (YOLO26): its own output, no NMS
     if device is not None:
         kwargs["device"] = device
     dets: list[dict[str, Any]] = []

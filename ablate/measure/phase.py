@@ -337,9 +337,12 @@ def together(
 
 
 def build(arch: Architecture) -> torch.nn.Module:
-    """The architecture's model, initialised under seed 0 (weights do not change its latency)."""
+    """The architecture's model, initialised under seed 0 (weights do not change its latency), with the head
+    it is deployed with selected (:func:`ablate.families.select_head`)."""
+    from ..families import select_head
+
     torch.manual_seed(0)
-    return build_model(arch.yaml)
+    return select_head(build_model(arch.yaml))  # an end-to-end model as deployed: its one-to-one head
 
 
 def make_call(arch: Architecture, settings: Settings, export_dir: Path) -> Call:

@@ -39,6 +39,7 @@ LATENCY_CHECKS = ("latency_apart", "latency_loaded", "latency_load", "latency_co
 CONFIG_COLUMNS = (
     "action",
     "model",
+    "family",
     "scale",
     "dataset",
     "dataset_name",  # the records' name; dataset is name@hash where one name holds several data

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..families import family_of
 from .columns import AP_COLUMNS, HIGHER_IS_BETTER, LATENCY_SETTINGS, MEASURE_COLUMNS
 from .statistics import StatOptions, detectable_delta, family_size, identical_rows
 
@@ -73,6 +74,7 @@ class Table:
     data_mismatch: int = 0  # (variant, baseline) seed pairs left out of Δ: trained on different data
     data_versions: list[str] = field(default_factory=list)  # names holding several data: their columns
     evaluated: dict[str, int] = field(default_factory=dict)  # how AP was evaluated -> configurations
+    families: list[str] = field(default_factory=list)  # the model families of its rows (ablate.families)
 
 
 @dataclass
@@ -177,6 +179,7 @@ def build_table(summary: pd.DataFrame, n_failed: int = 0, options: StatOptions |
     )
     table.latency_apart = sum(r.cells[("", "latency_ms")].apart for b in blocks for r in b.rows)
     table.latency_load = _latency_load(s)
+    table.families = sorted({family_of(str(m)) for m in s["model"]})
     _mark_best(table)
     return table
 

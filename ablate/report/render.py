@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..families import latency_note
 from ..measure.coco import BEST_ON_TEST, LAST_ON_VAL
 from .columns import AP_COLUMNS, AP_LATEX, DASH, MEASURE_COLUMNS
 from .layout import Cell, Row, SingleSeed, Table, _decimals, _evaluated, _f, data_versions, single_seed_hints
@@ -295,7 +296,8 @@ def _latency_note(table: Table, latex: bool) -> str:
             f" Timed on a busy machine ({load}; measured with {dashes}force-load): those latencies may "
             "be inflated and their ratios noisier."
         )
-    return text
+    nms = latency_note(table.families)  # per family: whether NMS is in the timed forward
+    return f"{text} {latex_escape(nms) if latex else nms}" if nms else text
 
 
 def _value_cells(table: Table, row: Row, latex: bool) -> list[str]:
