@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from ablate import overrides
-from ablate.cli import pinned_argv, read_command
+from ablate.cli import group_options, pinned_argv, read_command
 from ablate.sweepdir import read_outcomes
 
 
@@ -43,7 +43,10 @@ def bad_dataset_yamls(tmp_path: Path) -> dict[str, Path]:
 
 
 CASES = {
-    "unknown attn": (["+attn=nope"], r"attn='nope' is not valid; valid: area, fla, halo, mhsa, rala, tssa"),
+    "unknown attn": (
+        ["+attn=nope"],
+        rf"attn='nope' is not valid; valid: {', '.join(group_options('attn'))}$",
+    ),
     "unknown pos": (["+attn=rala", "+pos=middle"], r"pos='middle' is not valid; valid: a2c2f, backbone"),
     "unknown attn in a sweep": (["+attn=rala,nope"], r"attn='nope' is not valid; valid: area, fla"),
     "unknown preset": (["experiment=paper"], r"experiment='paper' is not valid; valid: attn_zoo, demo"),
