@@ -9,7 +9,6 @@ the latency of ``action=profile`` is the measurement phase's (:func:`ablate.meas
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -106,7 +105,7 @@ def execute(
             return attempt.record
         if exp.action == "train":
             progress.update(phase="preparing data")  # a sweep job's progress.json (no-op in a single run)
-            data_yaml = materialize_dataset(exp)
+            data_yaml = start.data_yaml or materialize_dataset(exp)
             record.update(data_identity.record_fields(data_yaml, exp.data_dir))  # what data it is
             record.update(train(exp, data_yaml, attempt.directory, transfer, attempt.tracker))  # train
             if exp.measure.get("coco_eval", True) and exp.role != "base":  # a base run is not tabulated
@@ -206,23 +205,26 @@ def record_failure(exp: Experiment, error: AblateError, record_errors: bool) -> 
     ``record_errors``: then the run recorded ``failed``."""
     with Attempt(exp, record_errors=record_errors) as attempt:
         raise error
-    return attempt.record
+    return attempt.record  # reached when the attempt recorded the failure
 
 
 @dataclass
 class JobStart:
     """What a job knew when it started, kept until its run takes the lock: when it started (``job_start``
     in the record's timings), its run's record as it first read it (``force`` reuses a record written
-    since: :func:`ablate.records.reusable_record`) and, once built, the composed model."""
+    since: :func:`ablate.records.reusable_record`), its data YAML once made and, once built, the composed
+    model."""
 
     at: float
     seen: Seen
+    data_yaml: str | None = None
     built: tuple[dict[str, Any], torch.nn.Module] | None = None
 
 
-def job_start(exp: Experiment) -> JobStart:
-    """The start of a job that runs ``exp``: now, and its record as it is now."""
-    return JobStart(time.time(), Seen.read(run_dir(exp.results_dir, exp.key) / RECORD))
+def job_start(exp: Experiment, data_yaml: str | None = None) -> JobStart:
+    """The start of a job that runs ``exp``: now, its record as it is now, and its data YAML when the job
+    made it already (:func:`materialize_dataset`)."""
+    return JobStart(time.time(), Seen.read(run_dir(exp.results_dir, exp.key) / RECORD), data_yaml)
 
 
 def new_record(exp: Experiment) -> RunRecord:
@@ -309,20 +311,9 @@ def weights_transfer(
     return transfer
 
 
-_MATERIALIZED: dict[str, str] = {}  # this process's datasets: spec and data dir -> data YAML
-
-
 def materialize_dataset(exp: Experiment) -> str:
     """The data YAML for ultralytics: a user/ultralytics YAML, or the embedded dataset (generated once;
-    ``generator`` names the embedded generator of a variant such as ``shapes_small``). Looked up once per
-    process (a warm job asks before its base and again in its run)."""
-    memo = json.dumps([exp.dataset, str(exp.data_dir)], sort_keys=True, default=str)
-    if memo not in _MATERIALIZED:
-        _MATERIALIZED[memo] = _materialize(exp)
-    return _MATERIALIZED[memo]
-
-
-def _materialize(exp: Experiment) -> str:
+    ``generator`` names the embedded generator of a variant such as ``shapes_small``)."""
     spec = exp.dataset
     if spec.get("path"):
         return str(datasets.resolve_data_yaml(spec["path"]))

@@ -69,15 +69,14 @@ def execute(exp: Experiment, cfg: DictConfig | None = None, record_errors: bool 
     """
     from . import run
 
-    if exp.action in ("train", "base"):
-        # the data first (cached after the first job): data that cannot be had, e.g. neon_trees offline
-        # without its wheel, is one error line before any run is written
-        run.materialize_dataset(exp)
+    # the data first (cached after the first job): data that cannot be had, e.g. neon_trees offline without
+    # its wheel, is one error line before any run is written
+    data_yaml = run.materialize_dataset(exp) if exp.action in ("train", "base") else None
     if exp.action == "base":
         return base_for(exp)
+    start = run.job_start(exp, data_yaml)
     if not exp.warm:
-        return run.execute(exp, cfg, record_errors)
-    start = run.job_start(exp)
+        return run.execute(exp, cfg, record_errors, start=start)
     reused = reusable_record(exp.results_dir, exp.key, exp.force, exp.sweep, start.seen, current(exp))
     if reused is not None:
         log.info("cached: run %s already has an ok record (force=true re-runs)", exp.key)

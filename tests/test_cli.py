@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from ablate import overrides
-from ablate.cli import pinned_argv, read_command
+from ablate.cli import group_options, pinned_argv, read_command
 from ablate.sweepdir import read_outcomes
 
 
@@ -45,7 +45,7 @@ def bad_dataset_yamls(tmp_path: Path) -> dict[str, Path]:
 CASES = {
     "unknown attn": (
         ["+attn=nope"],
-        r"attn='nope' is not valid; valid: area, fla, halo, identity, mhsa, rala, tssa",
+        rf"attn='nope' is not valid; valid: {', '.join(group_options('attn'))}$",
     ),
     "unknown pos": (["+attn=rala", "+pos=middle"], r"pos='middle' is not valid; valid: a2c2f, backbone"),
     "unknown attn in a sweep": (["+attn=rala,nope"], r"attn='nope' is not valid; valid: area, fla"),

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..records import read_record
+from ..records import RunRecord, read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         sweep([*TINY, "logger=none", "seed=0"], tmp_path / "warm", data)  # generates the dataset once
         seeds = ",".join(str(s) for s in range(args.jobs))
         launched = sweep([*TINY, f"logger={args.logger}", f"seed={seeds}"], tmp_path / "results", data)
-        records = [read_record(d) for d in sorted((tmp_path / "results" / "runs").iterdir())]
-    records = sorted((r for r in records if r is not None), key=lambda r: r.timings["job_start"])
+        loaded = read_records(tmp_path / "results").records
+    records = sorted((RunRecord.from_dict(d) for d in loaded), key=lambda r: r.timings["job_start"])
     header = ("seed", "to first step s", "ablate build s", "ultralytics build s", "overhead s")
     print(f"{header[0]:>4} {header[1]:>16} {header[2]:>15} {header[3]:>20} {header[4]:>11}")
     overheads = []
