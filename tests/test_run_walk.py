@@ -10,9 +10,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import ablate.evaluation
 import pytest
 
+import ablate.measure.coco
 import ablate.train
 from ablate import run
 from ablate.experiment import Experiment, experiment_from_config
@@ -77,7 +77,7 @@ def stubbed(monkeypatch: pytest.MonkeyPatch) -> None:
         return {**fields, "resumed_from_epoch": None, "timings": {}}
 
     monkeypatch.setattr(ablate.train, "train_and_validate", train_and_validate)
-    monkeypatch.setattr(ablate.evaluation, "ap_by_size", lambda *args, **kwargs: {})
+    monkeypatch.setattr(ablate.measure.coco, "ap_by_size", lambda *args, **kwargs: {})
 
 
 @pytest.mark.usefixtures("stubbed")

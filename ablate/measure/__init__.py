@@ -7,8 +7,9 @@
   (``python -m ablate.measure``), with the load it checks first (:mod:`.quiet`), the timer and backends
   (:mod:`.latency`), ONNX export (:mod:`.export`) and its stored results (:mod:`.store`, read by the tables
   without torch);
+* :mod:`.coco` — COCO AP overall and by object size (pycocotools), and which checkpoint on which split a
+  run's metrics are evaluated on;
 * :mod:`.device` — device strings (``0,1``, ``cuda:0``, ``cpu``) read for checks, torch and DDP.
 
-COCO AP by object size is :mod:`ablate.evaluation`'s (to move here); mAP is ultralytics' validation
-(:mod:`ablate.train`).
+mAP50 / mAP50-95 are ultralytics' own validation, run by :mod:`ablate.train`.
 """
