@@ -31,16 +31,13 @@ from modules.hosts import HOSTS
 from modules.hosts import module_kwargs as host_module_kwargs
 
 from .errors import AblateError
-from .measure.model import INSERTED, LayerInfo, base_model_yaml, build_model, layer_table, rows
+from .measure.model import INSERTED, LayerInfo, build_model, layer_table, rows
 from .placement import Placement, attention_layers, check_placement
 
 log = logging.getLogger(__name__)
 
-__all__ = [  # base_model_yaml, build_model and Placement re-exported for the composition's callers
-    "Placement",
+__all__ = [
     "base_indices",
-    "base_model_yaml",
-    "build_model",
     "compose",
     "insert_after",
     "marks",

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .measure.device import is_ddp, parts
 from .weights import apply_transfer
 
 log = logging.getLogger(__name__)
@@ -105,13 +106,6 @@ def last_epoch_loss(trainer: Any) -> float | None:
         return None
     values = losses.values() if isinstance(losses, dict) else [losses]
     return round(sum(float(torch.as_tensor(v, dtype=torch.float32).sum()) for v in values), 5)
-
-
-def is_ddp(device: Any) -> bool:
-    """Whether ultralytics trains on several GPUs (``0,1`` or ``[0, 1]``) and so starts DDP workers."""
-    if isinstance(device, list | tuple):
-        return len(device) > 1
-    return isinstance(device, str) and len([d for d in device.split(",") if d.strip()]) > 1
 
 
 def resumable_epoch(last: Path) -> int | None:
@@ -242,7 +236,7 @@ def train_and_validate(
     for event, funcs in events.items():
         for func in funcs:
             model.add_callback(event, func)
-    cuda = torch.cuda.is_available() and str(train.get("device")) not in ("cpu", "mps")
+    cuda = torch.cuda.is_available() and parts(train.get("device")) not in (["cpu"], ["mps"])
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     args.update(head_args(model.model))  # validate an end-to-end head (YOLO26) on its own output, no NMS

@@ -107,7 +107,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def yolo12s_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ablate.compose import base_model_yaml, build_model
+    from ablate.measure.model import base_model_yaml, build_model
 
     path = tmp_path_factory.mktemp("ckpt") / "yolo12s.pt"
     torch.save(build_model(base_model_yaml("yolo12s", 5)).state_dict(), path)
@@ -148,7 +148,7 @@ def test_attn_alone_uses_its_default_placement(tmp_path: Path) -> None:
 
 
 def test_inspect_with_weights_prints_the_transfer_line(tmp_path: Path) -> None:
-    from ablate.compose import base_model_yaml, build_model
+    from ablate.measure.model import base_model_yaml, build_model
 
     ckpt = tmp_path / "base.pt"
     torch.save({"model": build_model(base_model_yaml("yolo12n", 5)).half()}, ckpt)

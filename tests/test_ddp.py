@@ -10,7 +10,7 @@ from pathlib import Path
 import cloudpickle
 import torch
 
-from ablate.train import is_ddp
+from ablate.measure.device import is_ddp
 
 from .helpers import TINY, config
 

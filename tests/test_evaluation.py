@@ -11,9 +11,9 @@ import torch
 import yaml
 from torch import nn
 
-from ablate.compose import base_model_yaml, build_model
 from ablate.datasets import make_dataset, read_labels
 from ablate.measure import coco as evaluation
+from ablate.measure.model import base_model_yaml, build_model
 from ablate.records import RunRecord
 
 

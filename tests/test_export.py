@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 import modules
-from ablate.compose import Placement, base_model_yaml, build_model, compose
+from ablate.compose import compose
 from ablate.families import select_head
 from ablate.measure.export import export_onnx, onnx_parity, onnx_session, unordered_diff
+from ablate.measure.model import base_model_yaml, build_model
+from ablate.placement import Placement
 
 from .test_compose import presets
 

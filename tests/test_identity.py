@@ -11,9 +11,11 @@ import yaml
 from ultralytics.nn.modules.block import A2C2f, ABlock
 
 import modules
-from ablate.compose import Placement, base_model_yaml, build_model, compose
+from ablate.compose import compose
 from ablate.measure.export import onnx_parity
+from ablate.measure.model import base_model_yaml, build_model
 from ablate.paths import CONF_DIR
+from ablate.placement import Placement
 from ablate.weights import Checkpoint, plan_transfer
 
 from .test_compose import presets

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from ablate.compose import Placement, base_model_yaml, build_model, compose
+from ablate.compose import compose
 from ablate.measure import latency
+from ablate.measure.model import base_model_yaml, build_model
+from ablate.placement import Placement
 
 
 class Clock:

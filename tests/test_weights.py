@@ -13,9 +13,11 @@ import torch
 from ultralytics.engine.trainer import BaseTrainer
 
 import modules
-from ablate.compose import Placement, base_indices, base_model_yaml, build_model, compose
+from ablate.compose import base_indices, compose
 from ablate.detection_trainer import check_arrived, exclude_from_decay, no_decay_names
 from ablate.errors import AblateError
+from ablate.measure.model import base_model_yaml, build_model
+from ablate.placement import Placement
 from ablate.weights import apply_transfer, plan_transfer, read_checkpoint
 
 from .test_compose import presets

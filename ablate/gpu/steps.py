@@ -218,10 +218,10 @@ def architecture(overrides: Sequence[str], imgsz: int) -> Any:
 
     import modules
 
-    from ..compose import base_model_yaml, build_model, compose
+    from ..compose import compose
     from ..experiment import experiment_from_config
-    from ..measure.cost import stride_size
-    from ..measure.phase import Architecture, architecture_key
+    from ..measure.model import architecture_key, base_model_yaml, build_model, stride_size
+    from ..measure.phase import Architecture
     from ..paths import CONF_DIR
     from ..run import dataset_names
 
@@ -302,6 +302,10 @@ def run_latency(
             passes=opts.passes,
             warmup=opts.warmup,
             min_time_s=opts.min_time_s,
+            # the check owns its (lent) machine and has no minutes to wait: it times at once, and the load
+            # it read is stored with each measurement and printed, as the phase does when forced
+            force_load=True,
+            load_wait_s=0.0,
         )
         try:
             result = measure(archs, settings, results, force=True)
