@@ -63,13 +63,9 @@ def choices(override: str | Override, config_loader: Any = None) -> list[str] | 
     ``[]`` for a deletion. None for what cannot be listed here: an ``interval()``, or a ``glob()`` without
     ``config_loader`` (the groups' options come from the config)."""
     o = _listable(override, config_loader)
-    if o is None:
-        return None
-    if o.is_delete():
-        return []
-    if not o.is_sweep_override():
-        return [o.get_value_element_as_str()]
-    return list(o.sweep_string_iterator())
+    if o is None or o.is_delete():
+        return None if o is None else []
+    return list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
 
 
 def values(override: str | Override, config_loader: Any = None) -> list[Any] | None:
@@ -77,10 +73,8 @@ def values(override: str | Override, config_loader: Any = None) -> list[Any] | N
     ``seed=range(0,3)``, ``['b,c']`` for ``a='b,c'``, ``[[0, 2]]`` for ``pos.layers=[0,2]``, ``[]`` for a
     deletion; None as for :func:`choices`."""
     o = _listable(override, config_loader)
-    if o is None:
-        return None
-    if o.is_delete():
-        return []
+    if o is None or o.is_delete():
+        return None if o is None else []
     if not o.is_sweep_override():
         return [o.value()]
     return [x.text if isinstance(x, QuotedString) else x for x in o.sweep_iterator(Transformer.identity)]

@@ -195,22 +195,23 @@ def evaluated_text(evaluated: dict[str, int], latex: bool = False) -> str:
 
 def base_mismatch_text(pairs: int, latex: bool = False) -> str:
     """The (variant, baseline) seed pairs left out of Δ because they fine-tuned different base runs."""
-    text = (
-        f"{pairs} (variant, baseline) seed pair{'s' * (pairs != 1)} left out of Δ: on "
-        f"{'those seeds' if pairs != 1 else 'that seed'} the variant and its baseline fine-tuned different "
-        "base runs (init_run differs); re-run them from one base."
-    )
-    return _text_or_tex(text, latex)
+    why = "fine-tuned different base runs (init_run differs); re-run them from one base."
+    return _left_out_text(pairs, why, latex)
 
 
 def data_mismatch_text(pairs: int, latex: bool = False) -> str:
     """The (variant, baseline) seed pairs left out of Δ because they were trained on different data."""
-    text = (
-        f"{pairs} (variant, baseline) seed pair{'s' * (pairs != 1)} left out of Δ: on "
-        f"{'those seeds' if pairs != 1 else 'that seed'} the variant and its baseline were trained on "
-        "different data (data_hash differs: the dataset changed between their runs); run the older one again "
-        "on the current data."
+    why = (
+        "were trained on different data (data_hash differs: the dataset changed between their runs); run the "
+        "older one again on the current data."
     )
+    return _left_out_text(pairs, why, latex)
+
+
+def _left_out_text(pairs: int, why: str, latex: bool) -> str:
+    seeds = "those seeds" if pairs != 1 else "that seed"
+    pair = f"{pairs} (variant, baseline) seed pair{'s' * (pairs != 1)}"
+    text = f"{pair} left out of Δ: on {seeds} the variant and its baseline {why}"
     return _text_or_tex(text, latex)
 
 
