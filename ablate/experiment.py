@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -84,21 +85,21 @@ class Experiment:
             "measure": {"imgsz": self.measure.get("imgsz")},
         }
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """The run key: hash of :meth:`spec`."""
+        """The run key: hash of :meth:`spec` (computed once: an experiment does not change)."""
         return run_key(self.spec())
 
-    @property
+    @cached_property
     def config_key(self) -> str:
         """The configuration across seeds: hash of :meth:`spec` without the seed."""
         return run_key({k: v for k, v in self.spec().items() if k != "seed"})
 
-    @property
+    @cached_property
     def train_settings(self) -> dict[str, Any]:
         return {k: v for k, v in self.train.items() if k not in EXECUTION_KEYS}
 
-    @property
+    @cached_property
     def train_hash(self) -> str:
         return run_key(self.train_settings)
 

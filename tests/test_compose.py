@@ -255,3 +255,15 @@ def test_placement_is_decided_from_the_presets_in_one_place(tmp_path: Path) -> N
         decided("+attn=rala", "+pos=custom", "pos.layers=[7]", "pos.mode=sideways")
     with pytest.raises(AblateError, match=r"pos is set but attn is not"):
         decided("+pos=neck")
+
+
+# README "Model families": ablate's build of every family and scale at nc = 80 has ultralytics' own parameter
+# count (yolo26: tests/test_yolo26.py, against the numbers ultralytics prints)
+@pytest.mark.parametrize(
+    "model", [f"{family}{scale}" for family in ("yolov8", "yolo11", "yolo12") for scale in "nsmlx"]
+)
+def test_parameter_count_at_nc80_equals_ultralytics_own_build(model: str) -> None:
+    from ultralytics.nn.tasks import DetectionModel
+
+    theirs = count_params(DetectionModel(f"{model}.yaml", nc=80, verbose=False))
+    assert count_params(build_model(base_model_yaml(model, 80))) == theirs

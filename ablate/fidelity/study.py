@@ -81,7 +81,7 @@ def load_study(
     overrides: Sequence[str] = (),
 ) -> Study:
     """The study ``conf/fidelity/<name>.yaml`` (or a YAML file of that shape), narrowed to ``only``
-    comparisons / ``datasets`` / ``seeds``.
+    comparisons (default: the study's ``run`` list, else all) / ``datasets`` / ``seeds``.
 
     Raises AblateError naming the bad value and the valid ones (before anything runs).
     """
@@ -91,6 +91,7 @@ def load_study(
         raise AblateError(f"study {name!r} is not defined; valid: {', '.join(valid)} or a YAML file")
     spec: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     comparisons = [_comparison(k, v) for k, v in spec["comparisons"].items()]
+    only = only or spec.get("run")  # the study's own selection unless --only chooses
     if only:
         names = [c.name for c in comparisons]
         bad = [o for o in only if o not in names]
