@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo plan test lint format latency bench table status measure measure-bench table-bench overhead calibrate clean
+.PHONY: help install demo plan test lint format latency bench table status measure measure-bench table-bench walk overhead calibrate clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ calibrate: install  ## baseline over SEEDS seeds per dataset: spread and detecta
 
 fidelity: install  ## the quick protocol's Δs against train=reference on the study's datasets (ARGS="--datasets shapes_small --dry-run")
 	$(BIN)/python -m ablate.fidelity --results $(RESULTS) --jobs $(JOBS) $(ARGS)
+
+walk: install  ## the walk of one run's experiment from execute: stays, files, climbs back
+	$(BIN)/python -m ablate.benchmarks.run_walk
 
 table-bench: install  ## time make table's work on 10,000 synthetic records
 	$(BIN)/python -m ablate.benchmarks.table_timing

@@ -59,14 +59,15 @@ class Experiment:
     @property
     def warm(self) -> bool:
         """Whether this run fine-tunes the protocol's base run (``model.weights``, when given, wins)."""
-        return self.init == "warm" and self.action == "train" and not self.weights
+        return self.train.get("init", "scratch") == "warm" and self.action == "train" and not self.weights
 
-    @property
+    @cached_property
     def attn(self) -> str:
         return self.placement.attn if self.placement else "none"
 
+    @cached_property
     def spec(self) -> dict[str, Any]:
-        """The settings that define the experiment; its hash is the run key."""
+        """What defines the experiment (computed once: read, never edit); its hash is the run key."""
         p = self.placement
         return {
             "action": "train" if self.action == "inspect" else self.action,
@@ -87,21 +88,17 @@ class Experiment:
 
     @cached_property
     def key(self) -> str:
-        """The run key: hash of :meth:`spec` (computed once: an experiment does not change)."""
-        return run_key(self.spec())
+        """The run key: hash of :attr:`spec` (computed once: an experiment does not change)."""
+        return run_key(self.spec)
 
     @cached_property
     def config_key(self) -> str:
-        """The configuration across seeds: hash of :meth:`spec` without the seed."""
-        return run_key({k: v for k, v in self.spec().items() if k != "seed"})
-
-    @cached_property
-    def train_settings(self) -> dict[str, Any]:
-        return {k: v for k, v in self.train.items() if k not in EXECUTION_KEYS}
+        """The configuration across seeds: hash of :attr:`spec` without the seed."""
+        return run_key({k: v for k, v in self.spec.items() if k != "seed"})
 
     @cached_property
     def train_hash(self) -> str:
-        return run_key(self.train_settings)
+        return run_key(self.spec["train"])
 
     def baseline(self) -> Experiment:
         """The same model, dataset, seed and settings without any attention: what this run is compared to."""

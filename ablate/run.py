@@ -175,7 +175,7 @@ class Attempt:
         record.update({"timings": {"job_start": self.start.at, "model_built": time.time()}})
         record.started_at = now()
         write_run_files(exp, cfg, d, self.directory)
-        config = cfg if cfg is not None else exp.spec()
+        config = cfg if cfg is not None else exp.spec
         self.tracker = start_run(record, exp.logger, exp.results_dir, config)  # logger=none: a no-op tracker
         return record
 
@@ -251,7 +251,7 @@ def new_record(exp: Experiment) -> RunRecord:
         config_key=exp.config_key,
         baseline_key=exp.baseline().config_key,
         train_hash=exp.train_hash,
-        train_settings=exp.train_settings,
+        train_settings=dict(exp.spec["train"]),
         sweep=exp.sweep,
         role=exp.role,
         versions=versions(),
@@ -330,7 +330,7 @@ def write_run_files(exp: Experiment, cfg: DictConfig | None, d: dict[str, Any], 
     if cfg is not None:
         (directory / CONFIG_YAML).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     else:
-        (directory / CONFIG_YAML).write_text(yaml.safe_dump(exp.spec(), sort_keys=False))
+        (directory / CONFIG_YAML).write_text(yaml.safe_dump(exp.spec, sort_keys=False))
     for stale in (RECORD, TRACEBACK):
         (directory / stale).unlink(missing_ok=True)
 

@@ -289,7 +289,7 @@ def test_wandb_that_cannot_start_never_fails_a_run(
     assert "no wandb today" in caplog.text
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
     exp = experiment_from_config(config([*UNTRACKED, *PROFILE], results, tmp / "data"))
-    tracker = tracking.start_run(RunRecord(key=exp.key), exp.logger, results, exp.spec())
+    tracker = tracking.start_run(RunRecord(key=exp.key), exp.logger, results, exp.spec)
     assert type(tracker) is tracking.Tracker and tracker.callbacks() == {}
     tracker.finish(RunRecord(key=exp.key, status="ok"))
 
