@@ -121,7 +121,7 @@ def test_default_study_runs_its_run_list_without_only() -> None:
     # the scale control costs two more bases per dataset: in the study, not in what runs by default
     study = load_study("default", datasets=["shapes"])
     names = [c.name for c in study.comparisons]
-    assert names == ["rala", "halo", "tssa", "fla", "area", "identity", "no_area_attention"]
+    assert names == ["rala", "halo", "tssa", "fla", "area", "identity", "no_area_attention", "low_res"]
     assert {c.kind for c in study.comparisons} == {"module", "null", "positive"}
 
 
