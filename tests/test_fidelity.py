@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,10 +15,11 @@ import yaml
 from scipy import stats
 
 from ablate.errors import AblateError
+from ablate.experiment import experiment_from_config
 from ablate.fidelity import agreement
-from ablate.fidelity.study import load_study, sweep_commands
+from ablate.fidelity.study import _candidate_keys, load_study, sweep_commands
 
-from .helpers import SMALL
+from .helpers import SMALL, config
 
 PROTOCOLS = ("quick", "reference")
 
@@ -187,3 +189,15 @@ def test_fidelity_end_to_end_on_two_configurations(tmp_path: Path) -> None:
     assert "Control identity (must read 0) under quick: ok" in proc.stdout
     assert (results / "figures" / "fidelity.png").stat().st_size > 0
     assert "Kendall τ" in (results / "fidelity" / "fidelity.md").read_text()
+
+
+def test_arms_with_bases_of_their_own_are_paired_by_seed_not_by_base(tmp_path: Path) -> None:
+    # a module and its baseline choose from one set of base candidates (a pair that fine-tuned two different
+    # bases is left out); another input size trains bases of its own, so its pairs are kept
+    def exp(*overrides: str) -> Any:
+        return experiment_from_config(config(["dataset=shapes", *overrides], tmp_path / "r", tmp_path / "d"))
+
+    base = _candidate_keys(exp())
+    assert base and _candidate_keys(exp("+attn=rala", "+pos=neck")) == base
+    assert _candidate_keys(exp("train.imgsz=64")) != base
+    assert _candidate_keys(exp("train.init=scratch")) == ()

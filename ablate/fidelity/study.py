@@ -197,8 +197,9 @@ def read_pairs(study: Study, results: Path) -> pd.DataFrame:
     """One row per (dataset, protocol, comparison, seed): the variant's and the comparator's metric.
 
     Runs are found by their run key (composed exactly as the sweeps compose them); a missing or failed
-    run leaves NaN. ``same_base`` is False when both arms are warm starts of the same model that fine-tuned
-    different base runs (such a pair is left out of the Δ, as the table does).
+    run leaves NaN. ``same_base`` is False when both arms choose their base from the same candidates yet
+    fine-tuned different base runs (such a pair is left out of the Δ, as the table does); arms with bases of
+    their own (another scale, another input size) are paired by seed.
     """
     rows = []
     cache: dict[tuple[str, ...], Any] = {}
@@ -221,9 +222,9 @@ def read_pairs(study: Study, results: Path) -> pd.DataFrame:
                     for seed in study.seeds:
                         ev, rv = record([*arm_overrides(study, variant, dataset, protocol), f"seed={seed}"])
                         eb, rb = record([*arm_overrides(study, versus, dataset, protocol), f"seed={seed}"])
-                        same_model = ev.model == eb.model
+                        shared = _candidate_keys(ev) == _candidate_keys(eb)
                         same_base = not (
-                            same_model and rv is not None and rb is not None and rv.init_run != rb.init_run
+                            shared and rv is not None and rb is not None and rv.init_run != rb.init_run
                         )
                         rows.append(
                             {
@@ -241,6 +242,11 @@ def read_pairs(study: Study, results: Path) -> pd.DataFrame:
                             }
                         )
     return pd.DataFrame(rows)
+
+
+def _candidate_keys(exp: Any) -> tuple[str, ...]:
+    """The run keys of the base candidates a warm start chooses from (none for other starts)."""
+    return tuple(c.key for c in exp.base_candidates()) if exp.warm else ()
 
 
 def _value(record: Any, metric: str) -> float:
