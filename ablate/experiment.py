@@ -52,13 +52,9 @@ class Experiment:
     role: str = "run"  # "base": the warm-start base run of some configuration
 
     @property
-    def init(self) -> str:
-        """How training starts: ``warm`` (fine-tune the protocol's base run) or ``scratch``."""
-        return str(self.train.get("init", "scratch"))
-
-    @property
     def warm(self) -> bool:
-        """Whether this run fine-tunes the protocol's base run (``model.weights``, when given, wins)."""
+        """Whether this run fine-tunes the protocol's base run (``train.init: warm``, default ``scratch``;
+        ``model.weights``, when given, wins)."""
         return self.train.get("init", "scratch") == "warm" and self.action == "train" and not self.weights
 
     @cached_property

@@ -87,8 +87,8 @@ def execute(
         raise ValueError("action=inspect runs nothing: ablate.cli.inspect prints the composed model")
     if exp.action == "base" or (exp.warm and base_run is None):
         raise ValueError(
-            f"run {exp.key} (action={exp.action}, train.init={exp.init}) needs its warm-start base: "
-            "run it with ablate.warm.execute"
+            f"run {exp.key} (action={exp.action}, train.init={exp.train.get('init')}) needs its warm-start "
+            "base: run it with ablate.warm.execute"
         )
     start = start if start is not None else job_start(exp)
     reused = reusable_record(

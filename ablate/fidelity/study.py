@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ..errors import AblateError
-from ..experiment import experiment_from_config
+from ..experiment import Experiment, experiment_from_config
 from ..paths import CONF_DIR
 from ..records import read_record, run_dir
 
@@ -244,7 +244,7 @@ def read_pairs(study: Study, results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _candidate_keys(exp: Any) -> tuple[str, ...]:
+def _candidate_keys(exp: Experiment) -> tuple[str, ...]:
     """The run keys of the base candidates a warm start chooses from (none for other starts)."""
     return tuple(c.key for c in exp.base_candidates()) if exp.warm else ()
 
