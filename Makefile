@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install ablate with dev extras (no-op when up to date)
 
-# the demo: the experiment preset conf/experiment/demo.yaml (baseline added by the sweep + five modules
+# the demo: the experiment preset conf/experiment/demo.yaml (baseline added by the sweep + RALA
 # after the Detect inputs, embedded data, seeds 0-2, all fine-tuning one base run trained first; two jobs at
 # a time with one thread each). DEMO="experiment=demo seed=0" narrows it; any preset or overrides work.
 DEMO ?= experiment=demo
 
-demo: install  ## a small real ablation on the embedded data (baseline + 5 modules, 3 seeds), then the table
+demo: install  ## a small real ablation on the embedded data (baseline + RALA, 3 seeds), then the table
 	@start=$$(date +%s); \
 	$(BIN)/python -m ablate $(DEMO) results.dir=$(RESULTS) hydra.callbacks.sweep_summary.table=false -m; \
 	status=$$?; \

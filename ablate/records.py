@@ -393,8 +393,20 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere): from-scratch runs that
+    take off on one CPU may not on another, so a result names the CPU it was trained on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def versions() -> dict[str, str]:
-    """Versions of everything a result depends on."""
+    """Versions of everything a result depends on, and the CPU it was computed on."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
@@ -403,6 +415,7 @@ def versions() -> dict[str, str]:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             out[pkg] = "not installed"
+    out["cpu"] = cpu_model()
     return out
 
 

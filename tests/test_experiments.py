@@ -21,9 +21,9 @@ from ablate.plan import composed_command, make_plan, plan_command
 from .helpers import config
 
 ROOT = Path(__file__).resolve().parents[1]
-# the Makefile's DEMO before the preset (conf/experiment/demo.yaml replaced it)
+# the demo's command line (conf/experiment/demo.yaml holds it as a preset)
 OLD_DEMO = [
-    "+attn=rala,halo,tssa,fla,area",
+    "+attn=rala",
     "+pos=neck",
     "dataset=shapes",
     "seed=0,1,2",
@@ -43,8 +43,8 @@ def jobs_of(plan) -> list[tuple[str, str | None, bool]]:  # noqa: ANN001
 def test_the_demo_preset_plans_the_jobs_of_the_old_demo_line(tmp_path: Path) -> None:
     old = plan_command([*OLD_DEMO, *where(tmp_path)])
     new = plan_command(["experiment=demo", *where(tmp_path)])
-    # 2 base candidates, 3 baselines, 5 modules x 3 seeds; the same run keys, two jobs at a time
-    assert len(new.jobs) == 20 and [new.added("base"), new.added("baseline")] == [2, 3]
+    # 2 base candidates, 3 baselines, rala x 3 seeds; the same run keys, two jobs at a time
+    assert len(new.jobs) == 8 and [new.added("base"), new.added("baseline")] == [2, 3]
     assert jobs_of(new) == jobs_of(old)
     assert new.parallel == old.parallel == 2
     assert all("experiment=demo" in j.overrides for j in new.jobs)
@@ -62,7 +62,7 @@ def test_the_demo_preset_plans_the_jobs_of_the_old_demo_line(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("preset", "narrow", "header"),
     [
-        ("demo", [], "20 job(s): 20 to run, 0 cached; 3 baseline(s) and 2 base run(s) added"),
+        ("demo", [], "8 job(s): 8 to run, 0 cached; 3 baseline(s) and 2 base run(s) added"),
         # narrowed on the command line (a command-line key replaces the preset's): 6 modules x 6 positions
         (
             "attn_zoo",

@@ -22,7 +22,7 @@ import yaml
 from scipy import stats
 
 from ablate import report as reporting
-from ablate.records import RunRecord, run_dir, write_record
+from ablate.records import RunRecord, run_dir, versions, write_record
 from ablate.report import load, render, statistics
 from ablate.report.__main__ import main as report_main
 
@@ -956,3 +956,26 @@ def test_latex_with_the_identical_mismatch_and_evaluated_notes_compiles(tmp_path
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_a_table_of_runs_trained_on_two_cpus_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def write(cpus: list[str]) -> None:
+        for attn, pos in (("none", "none"), ("rala", "neck")):
+            for seed, cpu in enumerate(cpus):
+                versions = {"torch": "2.14.1", "python": "3.11", "cpu": cpu}
+                rec = _record(HASH_Q, "shapes", attn, pos, seed, map50_95=0.3 + seed / 100, versions=versions)
+                write_record(run_dir(tmp_path, rec.key), rec)
+
+    write(["CPU A", "CPU A", "CPU A"])
+    with caplog.at_level(logging.WARNING, logger="ablate.report"):
+        reporting.make_tables(tmp_path, figures=False)
+    assert not [r for r in caplog.records if "CPUs" in r.getMessage()]
+    assert versions()["cpu"]  # every new record names its CPU
+    write(["CPU A", "CPU B", "CPU A"])  # seed 1 re-run on another machine
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ablate.report"):
+        reporting.make_tables(tmp_path, figures=False)
+    (msg,) = [r.getMessage() for r in caplog.records if "CPUs" in r.getMessage()]
+    assert msg.startswith("the runs of this table were trained on 2 CPUs (CPU A: 4 runs; CPU B: 2 runs)")

@@ -115,6 +115,22 @@ def warn_what_deltas_rest_on(summary: pd.DataFrame) -> None:
         log.warning("%s", base_mismatch_text(mismatched))
 
 
+def cpus_text(runs: pd.DataFrame) -> str | None:
+    """A warning when the ok runs of a table were trained on more than one CPU (``versions.cpu``; records
+    written before it was recorded are not counted), else None."""
+    if "versions.cpu" not in runs:
+        return None
+    ok = runs[runs["status"] == "ok"] if "status" in runs else runs
+    counts = ok["versions.cpu"].dropna().astype(str).value_counts()
+    if len(counts) < 2:
+        return None
+    named = "; ".join(f"{cpu}: {n} run{'s' * (n != 1)}" for cpu, n in sorted(counts.items()))
+    return (
+        f"the runs of this table were trained on {len(counts)} CPUs ({named}): the last bits of every run, "
+        "and which from-scratch base candidate takes off, depend on the CPU; compare numbers from one machine"
+    )
+
+
 def tabulated(runs: pd.DataFrame, where: Mapping[str, Any] | None) -> pd.DataFrame:
     """The runs a table shows: warm-start base runs are listed in runs.csv, not tabulated (unless asked)."""
     if "role" in runs and "role" not in (where or {}):
@@ -163,6 +179,8 @@ def make_tables(
             pool.submit(summary, results_dir / "figures", results_dir / "bench" / "modules.csv")
         commands = warn_missing_baselines(summary, runs)
         warn_what_deltas_rest_on(summary)
+        if mixed := cpus_text(runs):
+            log.warning("%s", mixed)
         n_failed = int((runs["status"] != "ok").sum())
         table = build_table(summary, n_failed, options)
         t2 = time.perf_counter()
