@@ -12,7 +12,7 @@ CUDA it prints one line and exits with status 2 before doing anything. Steps (``
 * ``precision``: each module's forward under autocast float16 and bfloat16 against float32 with the same
   weights, max relative error within the module's bound (:mod:`ablate.gpu.precision`);
 * ``gpu-tests``: the suite's tests marked ``@pytest.mark.gpu`` (skipped without CUDA);
-* ``latency``: the measurement phase on CUDA at 640 px for the baseline and the five demo modules, torch
+* ``latency``: the measurement phase on CUDA at 640 px for the baseline and the five attention modules, torch
   float32 / float16 at batch 1 and 16, TensorRT where installed;
 * ``train``: the quick protocol at 320 px with AMP, from a base trained there: every module at neck and
   area replacing A2C2f's attention, finite losses, no NaN guard, mAP recorded.

@@ -1,4 +1,8 @@
-"""``figures/fidelity``: quick Δ against reference Δ per comparison, CI bars on both axes, the diagonal."""
+"""``figures/fidelity``: quick Δ against reference Δ per comparison, CI bars on both axes, the diagonal.
+
+A panel whose values reach beyond ±``LINEAR_UP_TO`` points (a large positive control beside module-sized
+effects) is drawn on symmetric-log axes, linear within ±``LINTHRESH``, so that both stay readable.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 MARKERS = {"module": "o", "null": "s", "positive": "^"}
+LINEAR_UP_TO = 5.0
+LINTHRESH = 2.0
 
 
 def plot_fidelity(rows: pd.DataFrame, path: Path, metric_label: str = "Δ mAP50-95 (points)") -> list[Path]:
@@ -38,7 +44,12 @@ def plot_fidelity(rows: pd.DataFrame, path: Path, metric_label: str = "Δ mAP50-
         ax.axvline(0, color="black", lw=0.4)
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
-        ax.set_title(dataset, fontsize=9)
+        scale = ""
+        if max(abs(lo), abs(hi)) > LINEAR_UP_TO:
+            ax.set_xscale("symlog", linthresh=LINTHRESH)
+            ax.set_yscale("symlog", linthresh=LINTHRESH)
+            scale = f" (symlog axes, linear within ±{LINTHRESH:g})"
+        ax.set_title(f"{dataset}{scale}", fontsize=9)
         ax.set_xlabel(f"reference {metric_label}", fontsize=8)
         ax.set_ylabel(f"quick {metric_label}", fontsize=8)
         ax.tick_params(labelsize=7)

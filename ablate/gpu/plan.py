@@ -21,7 +21,7 @@ ROOT = CONF_DIR.parent  # the checkout: conf/, ablate/, modules/, tests/
 TESTS_DIR = ROOT / "tests"
 GPU_MARK = "pytest.mark.gpu"
 
-# the modules the demo tables (README): the latency step times these and the baseline
+# the five attention modules of the study (README): the latency step times these and the baseline
 LATENCY_MODULES = ("area", "fla", "halo", "rala", "tssa")
 DTYPES = ("float16", "bfloat16", "half")  # autocast to float16 / bfloat16, and a float16 model (.half())
 
