@@ -149,7 +149,7 @@ def test_hints_write_values_hydra_reads_back(tmp_path: Path) -> None:
     for value in ("SGD", "a,b", "1.0", "null", "it's", 0.5, True, [1, 2]):
         text = _override_value(value)
         assert overrides.parse(f"train.x={text}").value() == value, (value, text)
-    extra = train_overrides("quick", {"train_settings": {"optimizer": "x,y", "epochs": 8}})
+    extra = train_overrides("quick", {"train_settings": {"optimizer": "x,y", "epochs": 24}})
     assert extra == ["train.optimizer='x,y'"]
     assert overrides.choices(extra[0]) == ["'x,y'"]  # one value, not a sweep
 
