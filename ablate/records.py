@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -393,9 +394,11 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
+@functools.cache
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere): from-scratch runs that
-    take off on one CPU may not on another, so a result names the CPU it was trained on."""
+    take off on one CPU may not on another, so a result names the CPU it was trained on. Read
+    once per process."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
